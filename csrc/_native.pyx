@@ -1,0 +1,240 @@
+# cython: language_level=3
+"""fastfaas._native: the hot path in C. Thin: converts types, maps errors, holds no policy."""
+
+from libc.errno cimport errno
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport strerror
+from posix.types cimport pid_t
+
+from ff cimport *
+
+import os
+
+cdef extern from "Python.h":
+    void PyOS_BeforeFork()
+    void PyOS_AfterFork_Parent()
+    void PyOS_AfterFork_Child()
+
+cdef extern from "sys/prctl.h":
+    int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)
+    int PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE
+
+STATE_FREE = FF_FREE
+STATE_SPAWNING = FF_SPAWNING
+STATE_IDLE = FF_IDLE
+STATE_BUSY = FF_BUSY
+STATE_DRAINING = FF_DRAINING
+STATE_DEAD = FF_DEAD
+STATE_NAMES = ("free", "spawning", "idle", "busy", "draining", "dead")
+KIND_WARM = FF_WARM
+KIND_SPARE = FF_SPARE
+
+
+cdef _oserror(int err, str what):
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def spawn(join_fds=(), close_fds=(), stdio=(-1, -1, -1), rlimits=(), *,
+          bint new_session=True, bint reset_signals=True, int uid=-1, int gid=-1,
+          int pdeathsig=0):
+    """Fork an instance from the calling process and set it up in the child.
+
+    Returns the child's pid in the parent and 0 in the child. Raises
+    fastfaas.errors.SpawnError (an OSError) naming the step that failed.
+    """
+    from fastfaas.errors import SpawnError
+
+    cdef ff_spawn_opts o
+    cdef int step = 0
+    cdef pid_t pid
+    cdef int i
+    cdef list join = list(join_fds), close = list(close_fds), rl = list(rlimits)
+    cdef int *join_c = <int *>malloc(sizeof(int) * (len(join) + 1))
+    cdef int *close_c = <int *>malloc(sizeof(int) * (len(close) + 1))
+    cdef ff_rlimit *rl_c = <ff_rlimit *>malloc(sizeof(ff_rlimit) * (len(rl) + 1))
+    if join_c == NULL or close_c == NULL or rl_c == NULL:
+        free(join_c); free(close_c); free(rl_c)
+        raise MemoryError()
+    try:
+        for i in range(len(join)):
+            join_c[i] = join[i]
+        for i in range(len(close)):
+            close_c[i] = close[i]
+        for i in range(len(rl)):
+            rl_c[i].resource = rl[i][0]
+            rl_c[i].soft = rl[i][1]
+            rl_c[i].hard = rl[i][2]
+        o.join_fds = join_c
+        o.n_join = len(join)
+        o.close_fds = close_c
+        o.n_close = len(close)
+        for i in range(3):
+            o.stdio[i] = stdio[i]
+        o.rlimits = rl_c
+        o.n_rlimits = len(rl)
+        o.new_session = new_session
+        o.reset_signals = reset_signals
+        o.uid = uid
+        o.gid = gid
+        o.pdeathsig = pdeathsig
+
+        PyOS_BeforeFork()
+        pid = ff_spawn(&o, &step)
+        if pid == 0:
+            PyOS_AfterFork_Child()
+            return 0
+        PyOS_AfterFork_Parent()
+    finally:
+        free(join_c)
+        free(close_c)
+        free(rl_c)
+    if pid < 0:
+        name = ff_spawn_step_name(step).decode()
+        raise SpawnError(-pid, f"spawn failed at {name}: {os.strerror(-pid)}", name)
+    return pid
+
+
+def set_pdeathsig(int sig):
+    """PR_SET_PDEATHSIG for the calling thread's process."""
+    if prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) < 0:
+        raise _oserror(errno, "prctl(PR_SET_PDEATHSIG)")
+
+
+def set_child_subreaper(bint on=True):
+    """Become the reaper of orphaned descendants."""
+    if prctl(PR_SET_CHILD_SUBREAPER, on, 0, 0, 0) < 0:
+        raise _oserror(errno, "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def set_dumpable(bint on):
+    if prctl(PR_SET_DUMPABLE, on, 0, 0, 0) < 0:
+        raise _oserror(errno, "prctl(PR_SET_DUMPABLE)")
+
+
+def cpu_quota_us(int64_t memory_mb, int64_t period_us, int64_t ncpus):
+    """CPU quota per period for a memory size: 1769 MB = one vCPU, >= 1 ms, <= ncpus."""
+    cdef int64_t q = ff_cpu_quota_us(memory_mb, period_us, ncpus)
+    if q < 0:
+        raise ValueError(f"cpu_quota_us({memory_mb}, {period_us}, {ncpus}): all must be > 0")
+    return q
+
+
+def zygote_memory_bytes(int64_t memory_mb):
+    """Memory limit of a function zygote's cgroup: size plus headroom."""
+    cdef int64_t b = ff_zygote_memory_bytes(memory_mb)
+    if b < 0:
+        raise ValueError(f"zygote_memory_bytes({memory_mb}): memory_mb must be > 0")
+    return b
+
+
+def write_at0(int fd, bytes data):
+    """pwrite(fd, data, 0): the way cgroup files are written."""
+    cdef int rc = ff_write_at0(fd, data, len(data))
+    if rc < 0:
+        raise _oserror(-rc, f"write {data!r} to fd {fd}")
+
+
+def read_i64(int fd):
+    """The first integer in a cgroup file read from offset 0 ('max' is 2**63-1)."""
+    cdef int64_t v = 0
+    cdef int rc = ff_read_i64(fd, &v)
+    if rc < 0:
+        raise _oserror(-rc, f"read integer from fd {fd}")
+    return v
+
+
+def read_keyed_i64(int fd, bytes key):
+    """The integer after `key` in a keyed cgroup file ('oom_kill 3')."""
+    cdef int64_t v = 0
+    cdef int rc = ff_read_keyed_i64(fd, key, &v)
+    if rc < 0:
+        raise _oserror(-rc, f"read {key.decode()} from fd {fd}")
+    return v
+
+
+cdef class InstanceTable:
+    """Per function version (slot), LIFO stacks of idle instances (warm, spare).
+
+    States and their legal transitions live in csrc/ff_table.c; an illegal
+    transition raises ValueError.
+    """
+    cdef ff_table t
+
+    def __cinit__(self):
+        ff_table_init(&self.t)
+
+    def __dealloc__(self):
+        ff_table_free(&self.t)
+
+    def new_slot(self):
+        cdef int32_t s = ff_table_slot_new(&self.t)
+        if s < 0:
+            raise MemoryError()
+        return s
+
+    def release_slot(self, int32_t slot):
+        cdef int rc = ff_table_slot_release(&self.t, slot)
+        if rc == -16:  # EBUSY
+            raise ValueError(f"slot {slot} still has live instances")
+        if rc < 0:
+            raise ValueError(f"no slot {slot}")
+
+    def add(self, int32_t slot):
+        """A new instance in state SPAWNING; returns its id."""
+        cdef int32_t i = ff_table_add(&self.t, slot)
+        if i == -12:
+            raise MemoryError()
+        if i < 0:
+            raise ValueError(f"no slot {slot}")
+        return i
+
+    def set_state(self, int32_t id, int state, int kind=FF_WARM, double now=0.0):
+        cdef int old = ff_table_state(&self.t, id)
+        cdef int rc = ff_table_set_state(&self.t, id, state, kind, now)
+        if rc < 0:
+            old_name = STATE_NAMES[old] if 0 <= old < FF_NSTATES else "?"
+            new_name = STATE_NAMES[state] if 0 <= state < FF_NSTATES else str(state)
+            raise ValueError(f"instance {id}: illegal transition {old_name} -> {new_name}")
+
+    def release(self, int32_t id, double now, int kind=FF_WARM):
+        """BUSY (or SPAWNING) -> IDLE on the kind's stack."""
+        self.set_state(id, FF_IDLE, kind, now)
+
+    def acquire(self, int32_t slot):
+        """Pop the most recently idle instance, warm before spare: (id, kind) or None."""
+        cdef int kind = 0
+        cdef int32_t i = ff_table_acquire(&self.t, slot, &kind)
+        if i == -1:
+            return None
+        if i < 0:
+            raise ValueError(f"no slot {slot}")
+        return (i, kind)
+
+    def pop_expired(self, int32_t slot, int kind, double cutoff):
+        """The least recently idle instance of `kind` idle since before `cutoff`, now DRAINING."""
+        cdef int32_t i = ff_table_pop_expired(&self.t, slot, kind, cutoff)
+        if i == -1:
+            return None
+        if i < 0:
+            raise ValueError(f"no slot {slot}")
+        return i
+
+    def state(self, int32_t id):
+        return ff_table_state(&self.t, id)
+
+    def count(self, int32_t slot, int state):
+        cdef int c = ff_table_count(&self.t, slot, state)
+        if c < 0:
+            raise ValueError(f"no slot {slot}")
+        return c
+
+    def idle(self, int32_t slot, int kind):
+        cdef int c = ff_table_idle(&self.t, slot, kind)
+        if c < 0:
+            raise ValueError(f"no slot {slot}")
+        return c
+
+    @staticmethod
+    def transition_ok(int frm, int to):
+        return bool(ff_table_transition_ok(frm, to))

@@ -1,0 +1,81 @@
+"""Exceptions and the kinds of function error.
+
+Platform errors (something about the request or the platform) are raised as
+exceptions. Function errors (the function's own failure) are not exceptions:
+they come back in `InvocationResult.error`, as Lambda reports them.
+
+This module imports only the standard library: zygotes import it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# The kinds of function error, reported as X-Fastfaas-Function-Error.
+UNHANDLED: Final = "Unhandled"
+TIMEOUT: Final = "Timeout"
+OUT_OF_MEMORY: Final = "OutOfMemory"
+CRASHED: Final = "Crashed"
+INIT_ERROR: Final = "InitError"
+RESULT_TOO_LARGE: Final = "ResultTooLarge"
+FUNCTION_ERROR_KINDS: Final = (
+    UNHANDLED,
+    TIMEOUT,
+    OUT_OF_MEMORY,
+    CRASHED,
+    INIT_ERROR,
+    RESULT_TOO_LARGE,
+)
+
+
+class FastfaasError(Exception):
+    """Base of fastfaas's platform errors. `code` names the kind for HTTP and CLI."""
+
+    code = "InternalError"
+
+
+class InvalidRequestError(FastfaasError, ValueError):
+    """The request is malformed: bad configuration, bad event, bad code bundle."""
+
+    code = "InvalidRequest"
+
+
+class FunctionNotFoundError(FastfaasError, LookupError):
+    """No function with that name (or version) is deployed."""
+
+    code = "FunctionNotFound"
+
+
+class RequestTooLargeError(FastfaasError, ValueError):
+    """The event is larger than the 6 MB limit."""
+
+    code = "RequestTooLarge"
+
+
+class RuntimeClosedError(FastfaasError, RuntimeError):
+    """The Runtime is not running (not entered yet, or shutting down)."""
+
+    code = "ServiceUnavailable"
+
+
+class ZygoteError(FastfaasError, RuntimeError):
+    """A zygote failed in a way that is the platform's fault, not the function's."""
+
+    code = "ServiceError"
+
+
+class CgroupError(FastfaasError, OSError):
+    """A cgroup could not be created, sized or removed."""
+
+    code = "CgroupError"
+
+
+class SpawnError(OSError):
+    """Forking an instance failed; `step` names the step of the spawn that failed."""
+
+    def __init__(self, errno: int, message: str, step: str) -> None:
+        super().__init__(errno, message)
+        self.step = step
+
+    def __reduce__(self) -> tuple[type[SpawnError], tuple[int, str, str]]:
+        return (type(self), (self.errno, self.strerror, self.step))

@@ -1,0 +1,1 @@
+"""The embeddable core: registry, scheduler, zygote supervisor, cgroups. No HTTP."""

@@ -1,0 +1,907 @@
+"""The embeddable Runtime: deploy functions and invoke them, no HTTP needed.
+
+    async with fastfaas.Runtime(data_dir="./.fastfaas") as rt:
+        await rt.deploy("hello", source="./hello", handler="app.handler")
+        result = await rt.invoke("hello", {"name": "world"})
+
+Each invocation runs in an instance forked from a zygote that already
+imported the function's code; the capacity cascade (warm, prewarmed, forked,
+claimed, cold) is reported with every result.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import resource
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgspec
+import trio
+
+from fastfaas import _native, errors, wire
+from fastfaas.config import FunctionConfig, check_name
+from fastfaas.errors import (
+    FunctionNotFoundError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    RuntimeClosedError,
+    ZygoteError,
+)
+from fastfaas.runtime import code as code_bundles
+from fastfaas.runtime import policy
+from fastfaas.runtime.cgroups import Cgroups, CgroupSet
+from fastfaas.runtime.channel import AsyncChannel
+from fastfaas.runtime.results import FunctionError, InvocationResult, Usage
+from fastfaas.runtime.supervisor import (
+    InstanceHandle,
+    Process,
+    Template,
+    ZygoteHandle,
+    describe_status,
+)
+
+LATEST = "$LATEST"
+EXIT_STATUS_WAIT_S = 2.0
+WARMUP_TIMEOUT_S = 10.0
+_json_encode = msgspec.json.encode
+
+
+class FunctionVersion:
+    """One deployment of one function version: its zygote and its instances."""
+
+    def __init__(self, name: str, version: str, config: FunctionConfig, code_dir: Path,
+                 code_sha256: str, slot: int, generation: int) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.code_dir = code_dir
+        self.code_sha256 = code_sha256
+        self.slot = slot
+        self.generation = generation
+        self.zygote: ZygoteHandle | None = None
+        self.claiming: trio.Event | None = None
+        self.claim_error: FunctionError | None = None
+        self.instances: dict[int, InstanceHandle] = {}
+        self.last_used = trio.current_time()
+        self.in_flight = 0
+        self.spawning_spares = 0
+        self.spare_task = False
+        self.retired = False
+        self.init_log = b""
+
+    def __repr__(self) -> str:
+        return f"<FunctionVersion {self.name}:{self.version} gen {self.generation}>"
+
+
+class Runtime:
+    """fastfaas's core, embeddable in any trio program.
+
+    Args:
+        data_dir: where code bundles are unpacked (`code/<sha256>/`).
+        cgroups: "auto" (cgroups where writable, else rlimits), "require"
+            (raise errors.CgroupError when not writable) or "off" (rlimits).
+        warm_pool_size: generic zygotes forked ahead of need.
+        spares: spare instances each function zygote keeps forked and ready.
+        cgroup_pool_size: instance cgroups created ahead of need.
+        python: the interpreter for the template zygote.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = ".fastfaas",
+        *,
+        cgroups: str = "auto",
+        warm_pool_size: int = 2,
+        spares: int = 1,
+        cgroup_pool_size: int = 4,
+        python: str = sys.executable,
+    ) -> None:
+        if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
+            raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
+        self.data_dir = Path(data_dir).resolve()
+        self.cgroups = Cgroups(cgroups)
+        self.warm_pool_size = warm_pool_size
+        self.spares = spares
+        self.cgroup_pool_size = cgroup_pool_size
+        self.template = Template(python, cwd="/")
+        self.table = _native.InstanceTable()
+        self._functions: dict[str, FunctionVersion] = {}
+        self._draining: set[FunctionVersion] = set()
+        self._generations = itertools.count(1)
+        self._spawn_ids = itertools.count(1)
+        self._instance_names = itertools.count(1)
+        self._rid = uuid.uuid4().hex[:6]
+        self._pool: collections.deque[ZygoteHandle] = collections.deque()
+        self._pool_forking = 0
+        self._pool_lot = trio.lowlevel.ParkingLot()
+        self._cg_free: list[CgroupSet] = []
+        self._cg_lot = trio.lowlevel.ParkingLot()
+        self._all_zygotes: set[ZygoteHandle] = set()
+        self._reclaiming: set[Process] = set()
+        self._nursery_cm: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._open = False
+        self._closing = False
+        self._procs_at_close: list[Process] = []
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        if self._nursery is not None:
+            raise RuntimeError("a Runtime can be entered once")
+        _raise_nofile_limit()
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        try:
+            (self.data_dir / "code").mkdir(parents=True, exist_ok=True)
+            await trio.to_thread.run_sync(self.cgroups.start)
+            if not self.cgroups.enabled and self.cgroups.mode == "auto":
+                print(f"fastfaas: {self.cgroups.reason}", file=sys.stderr)
+            self.template.start()
+            if self.cgroups.enabled:
+                for root in self.cgroups.roots.values():
+                    (root / "cgroup.procs").write_text(str(self.template.pid))
+            await self._nursery.start(self.template.serve)
+            self._open = True
+            self._nursery.start_soon(self._fill_warming_pool)
+            self._nursery.start_soon(self._fill_cgroup_pool)
+            self._nursery.start_soon(self._reap_idle)
+        except BaseException as exc:
+            await self._shutdown()
+            await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
+            with trio.CancelScope(shield=True):
+                await self._finish_shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        try:
+            await self._shutdown()
+        finally:
+            handled = await self._nursery_cm.__aexit__(exc_type, exc, tb)
+            with trio.CancelScope(shield=True):
+                await self._finish_shutdown()
+        return handled  # type: ignore[no-any-return]
+
+    def _known_procs(self) -> list[Process]:
+        procs: list[Process] = []
+        for fv in [*self._functions.values(), *self._draining]:
+            procs += [i.proc for i in fv.instances.values() if i.proc is not None]
+        procs += [z.proc for z in self._all_zygotes if z.proc is not None]
+        procs += self._reclaiming
+        return procs
+
+    async def _shutdown(self) -> None:
+        """Kill every instance and zygote and the template; stop the background tasks."""
+        if self._closing:
+            return
+        self._closing = True
+        self._open = False
+        self._procs_at_close = self._known_procs()
+        for proc in self._procs_at_close:
+            proc.kill()
+        for z in list(self._all_zygotes):
+            z.stop()
+        self.template.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _finish_shutdown(self) -> None:
+        """After the background tasks are done: wait for the processes, remove the cgroups."""
+        procs = [*self._procs_at_close, *self._known_procs()]
+        with trio.move_on_after(10):
+            await self.template.wait_closed()
+            for proc in procs:
+                await proc.wait_gone()
+        for proc in procs:
+            proc.close()
+        for fv in [*self._functions.values(), *self._draining]:
+            for inst in fv.instances.values():
+                if inst.chan is not None:
+                    inst.chan.close()
+        for z in self._all_zygotes:
+            z.chan.close()
+        self._cg_free.clear()
+        await trio.to_thread.run_sync(self.cgroups.close)
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeClosedError(
+                "the Runtime is not running: use it inside `async with Runtime(...) as rt:`"
+            )
+
+    # --- functions -----------------------------------------------------------
+
+    async def deploy(
+        self,
+        name: str,
+        source: str | os.PathLike[str] | bytes,
+        handler: str,
+        **config: Any,
+    ) -> dict[str, Any]:
+        """Create or replace a function from a directory, a zip file or zip bytes.
+
+        Keyword arguments are DESIGN.md's configuration names (memory_mb,
+        timeout_s, env, ...). A replaced function's in-flight calls finish on
+        its old zygote, which then drains; new calls go to a new one.
+
+        Raises:
+            InvalidRequestError: bad name, configuration or bundle.
+        """
+        self._check_open()
+        check_name(name)
+        cfg = FunctionConfig.create(handler=handler, **config)
+        zip_data = await trio.to_thread.run_sync(code_bundles.code_bytes, source)
+        code_dir, sha = await trio.to_thread.run_sync(
+            code_bundles.unpack, zip_data, self.data_dir / "code"
+        )
+        fv = FunctionVersion(name, LATEST, cfg, code_dir, sha, self.table.new_slot(),
+                             next(self._generations))
+        old = self._functions.get(name)
+        self._functions[name] = fv
+        if old is not None:
+            self._retire_version(old)
+        return self.describe(name)
+
+    async def update_config(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change configuration only; a change to what the zygote holds starts a new one."""
+        self._check_open()
+        fv = self._lookup(name, LATEST)
+        cfg = fv.config.replace(**changes)
+        if any(getattr(cfg, f) != getattr(fv.config, f) for f in
+               ("handler", "memory_mb", "timeout_s", "env", "isolation", "network")):
+            new = FunctionVersion(name, LATEST, cfg, fv.code_dir, fv.code_sha256,
+                                  self.table.new_slot(), next(self._generations))
+            self._functions[name] = new
+            self._retire_version(fv)
+        else:
+            fv.config = cfg
+        return self.describe(name)
+
+    async def delete(self, name: str) -> None:
+        """Remove a function; its in-flight calls finish, then its processes stop."""
+        self._check_open()
+        fv = self._lookup(name, LATEST)
+        del self._functions[name]
+        self._retire_version(fv)
+
+    def functions(self) -> list[str]:
+        return sorted(self._functions)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Configuration, code hash and live state of a function."""
+        fv = self._lookup(name, LATEST)
+        return {
+            "name": fv.name,
+            "version": fv.version,
+            "code_sha256": fv.code_sha256,
+            "config": msgspec.to_builtins(fv.config),
+            "state": self._fv_state(fv),
+        }
+
+    def _lookup(self, name: str, version: str) -> FunctionVersion:
+        fv = self._functions.get(name)
+        if fv is None or version != fv.version:
+            raise FunctionNotFoundError(
+                f"function {name!r} (version {version}) is not deployed"
+                + (f"; deployed: {', '.join(sorted(self._functions))}" if self._functions else "")
+            )
+        return fv
+
+    def _retire_version(self, fv: FunctionVersion) -> None:
+        fv.retired = True
+        self._draining.add(fv)
+        self._drain_idle(fv)
+        self._maybe_finish_draining(fv)
+
+    def _drain_idle(self, fv: FunctionVersion) -> None:
+        for kind in (_native.KIND_WARM, _native.KIND_SPARE):
+            while (tid := self.table.pop_expired(fv.slot, kind, float("inf"))) is not None:
+                self._retire(fv.instances[tid])
+
+    def _maybe_finish_draining(self, fv: FunctionVersion) -> None:
+        if not fv.retired or fv.in_flight or fv.claiming is not None:
+            return
+        self._drain_idle(fv)
+        if any(not inst.dead for inst in fv.instances.values()):
+            return
+        if fv.zygote is not None:
+            self._stop_zygote(fv)
+        self._draining.discard(fv)
+        with contextlib.suppress(ValueError):
+            self.table.release_slot(fv.slot)
+
+    # --- invocation ------------------------------------------------------------
+
+    async def invoke(
+        self,
+        name: str,
+        event: Any = None,
+        *,
+        payload: bytes | None = None,
+        version: str = LATEST,
+    ) -> InvocationResult:
+        """Invoke a function with an event (any JSON value) or raw JSON `payload` bytes.
+
+        Returns an InvocationResult; the function's own failures are in its
+        `error` (Unhandled, Timeout, OutOfMemory, Crashed, InitError,
+        ResultTooLarge), not raised.
+
+        Raises:
+            FunctionNotFoundError, InvalidRequestError, RequestTooLargeError,
+            RuntimeClosedError, ZygoteError.
+
+        Cancellation: once it has an instance, the invocation runs to its end
+        (bounded by the function's timeout) and cancellation takes effect then.
+        """
+        self._check_open()
+        fv = self._lookup(name, version)
+        raw = _event_bytes(event, payload)
+        request_id = str(uuid.uuid4())
+        fv.in_flight += 1
+        fv.last_used = trio.current_time()
+        try:
+            got = self.table.acquire(fv.slot)
+            if got is not None:
+                inst = fv.instances[got[0]]
+                if got[1] == _native.KIND_SPARE:
+                    start = "prewarmed"
+                    self._want_spares(fv)
+                else:
+                    start = "warm"
+            else:
+                started = await self._start_instance(fv, request_id)
+                if isinstance(started, InvocationResult):
+                    return started
+                start, inst = started
+                self.table.set_state(inst.table_id, _native.STATE_BUSY)
+            self.counters[start] += 1
+            return await self._run(fv, inst, start, raw, request_id)
+        finally:
+            fv.in_flight -= 1
+            fv.last_used = trio.current_time()
+            if fv.retired:
+                self._maybe_finish_draining(fv)
+
+    async def _start_instance(
+        self, fv: FunctionVersion, request_id: str
+    ) -> tuple[str, InstanceHandle] | InvocationResult:
+        start = "forked"
+        for _attempt in range(3):
+            z = fv.zygote
+            if z is None or z.dead:
+                claimed = await self._claim(fv)
+                if isinstance(claimed, FunctionError):
+                    return _error_result(claimed, "claimed", request_id, fv.init_log)
+                start = claimed
+                continue
+            inst = await self._spawn(fv, z)
+            if inst is not None:
+                return start, inst
+        raise ZygoteError(f"function {fv.name}: its zygote keeps dying while forking instances")
+
+    async def _claim(self, fv: FunctionVersion) -> str | FunctionError:
+        """Give the function version a zygote: 'claimed', 'cold', or the InitError."""
+        if fv.claiming is not None:
+            await fv.claiming.wait()
+            if fv.zygote is None and fv.claim_error is not None:
+                return fv.claim_error
+            return "claimed"
+        fv.claiming = trio.Event()
+        fv.claim_error = None
+        try:
+            z, kind = await self._take_generic()
+            result = await self._claim_zygote(fv, z)
+            if isinstance(result, FunctionError):
+                fv.claim_error = result
+                return result
+            fv.zygote = z
+            self.counters["claims"] += 1
+            self._want_spares(fv)
+            return kind
+        finally:
+            fv.claiming.set()
+            fv.claiming = None
+
+    async def _take_generic(self) -> tuple[ZygoteHandle, str]:
+        while self._pool:
+            z = self._pool.popleft()
+            self._pool_lot.unpark_all()
+            if not z.dead:
+                return z, "claimed"
+        self._pool_lot.unpark_all()
+        return await self._fork_generic(), "cold"
+
+    async def _fork_generic(self) -> ZygoteHandle:
+        z = await self.template.fork_zygote()
+        self._all_zygotes.add(z)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._watch_zygote, z)
+        return z
+
+    async def _claim_zygote(self, fv: FunctionVersion, z: ZygoteHandle) -> FunctionError | None:
+        cfg = fv.config
+        cg: CgroupSet | None = None
+        if self.cgroups.enabled:
+            cg = await trio.to_thread.run_sync(self.cgroups.new_zygote, cfg.memory_mb)
+        z.cgroup = cg
+        z.fv = fv
+        claim = wire.Claim(
+            function_name=fv.name,
+            version=fv.version,
+            code_dir=str(fv.code_dir),
+            handler=cfg.handler,
+            env=dict(cfg.env),
+            memory_mb=cfg.memory_mb,
+            timeout_s=cfg.timeout_s,
+            rlimits=self._instance_rlimits(cfg),
+        )
+        try:
+            await z.chan.send(claim, cg.join_fds if cg else [])
+        except OSError:
+            z.stop()
+            return _init_error("the zygote exited before it could import the function")
+        with trio.move_on_after(cfg.init_timeout_s) as scope:
+            await z.claim_done.wait()
+        if scope.cancelled_caught:
+            z.stop()
+            return _init_error(
+                f"importing {cfg.handler!r} did not finish within init_timeout_s="
+                f"{cfg.init_timeout_s:g}s", "Init.Timeout")
+        claimed = z.claimed
+        if claimed is None:
+            if z.proc is not None:
+                with trio.move_on_after(EXIT_STATUS_WAIT_S):
+                    await z.proc.exited.wait()
+            status = z.proc.status if z.proc is not None else None
+            why = describe_status(status) if status is not None else "an unknown status"
+            oom = cg is not None and self.cgroups.oom_kills(cg) > 0
+            z.stop()
+            if oom:
+                return _init_error(
+                    f"the import of {cfg.handler!r} ran out of memory (memory_mb={cfg.memory_mb})",
+                    "Init.OutOfMemory")
+            return _init_error(f"the zygote exited with {why} while importing {cfg.handler!r}",
+                               "Init.Crashed")
+        fv.init_log = claimed.log_tail
+        if not claimed.ok:
+            z.stop()
+            return FunctionError(errors.INIT_ERROR, claimed.error_type, claimed.error_message,
+                                 list(claimed.stack_trace))
+        if claimed.threads > 1:
+            print(f"fastfaas: {fv.name}: its import started {claimed.threads - 1} thread(s); "
+                  "threads do not survive the fork into instances", file=sys.stderr)
+        return None
+
+    def _instance_rlimits(self, cfg: FunctionConfig) -> list[tuple[int, int, int]]:
+        _, nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limits = [
+            (resource.RLIMIT_CORE, 0, 0),
+            (resource.RLIMIT_NOFILE, min(1024, nofile_hard), nofile_hard),
+        ]
+        if not self.cgroups.enabled:
+            data = cfg.memory_mb * 1024 * 1024
+            limits.append((resource.RLIMIT_DATA, data, data))
+        return limits
+
+    async def _spawn(self, fv: FunctionVersion, z: ZygoteHandle) -> InstanceHandle | None:
+        """Fork one instance (state SPAWNING); None if the zygote is gone."""
+        tid = self.table.add(fv.slot)
+        cg = self._take_cgroup(fv.config.memory_mb)
+        spawn_id = next(self._spawn_ids)
+        inst = InstanceHandle(tid, f"{self._rid}-{next(self._instance_names)}", fv, z, cg)
+        fv.instances[tid] = inst
+        z.instances[spawn_id] = inst
+        try:
+            got = await z.spawn(spawn_id, cg.join_fds if cg else [])
+        except BaseException:
+            self._retire(inst)
+            raise
+        if got is None:
+            self._retire(inst)
+            return None
+        msg, fds = got
+        if isinstance(msg, wire.SpawnFailed):
+            self._retire(inst)
+            raise ZygoteError(f"function {fv.name}: {msg.message}")
+        inst.proc = Process(msg.pid, fds[1])
+        inst.chan = AsyncChannel(socket.socket(fileno=fds[0]))
+        if cg is not None:
+            cg.oom_seen = self.cgroups.oom_kills(cg)
+        self.counters["spawns"] += 1
+        return inst
+
+    async def _run(self, fv: FunctionVersion, inst: InstanceHandle, start: str, raw: bytes,
+                   request_id: str) -> InvocationResult:
+        assert inst.chan is not None
+        timeout = fv.config.timeout_s
+        cg = inst.cgroup
+        with trio.CancelScope(shield=True):
+            cpu_base = self.cgroups.begin(cg) if cg is not None else 0
+            data = wire.encoder.encode(wire.Invoke(request_id, raw, time.monotonic() + timeout))
+            got: tuple[bytes, list[int]] | None = None
+            with trio.move_on_after(timeout) as deadline:
+                try:
+                    await inst.chan.send_bytes(data, [])
+                    got = await inst.chan.recv()
+                except (OSError, wire.FrameError):
+                    got = None
+            inst.invocations += 1
+            if deadline.cancelled_caught:
+                self._retire(inst)
+                self.counters["timeouts"] += 1
+                return _error_result(
+                    FunctionError(errors.TIMEOUT, "Timeout",
+                                  f"Task timed out after {timeout:.2f} seconds"),
+                    start, request_id, instance_id=inst.instance_id, duration_us=int(timeout * 1e6))
+            result: wire.Result | None = None
+            if got is not None:
+                wire.close_all(got[1])
+                try:
+                    result = wire.instance_out.decode(got[0])
+                except msgspec.DecodeError:
+                    result = None
+            if result is None:
+                return await self._instance_died(inst, start, request_id)
+            if cg is not None:
+                peak, cpu_ns, tasks = self.cgroups.end(cg, cpu_base)
+                if tasks > 1:
+                    await self._kill_leftovers(inst)
+            else:
+                peak, cpu_ns = result.max_rss_kb * 1024, result.cpu_ns
+            if fv.retired or inst.dead:
+                self._retire(inst)
+            else:
+                self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM,
+                                     trio.current_time())
+        error = None
+        if not result.ok:
+            kind = errors.RESULT_TOO_LARGE if result.too_large else errors.UNHANDLED
+            error = FunctionError(kind, result.error_type, result.error_message,
+                                  _stack_of(result.payload))
+            payload = result.payload or _error_payload(error)
+        else:
+            payload = result.payload
+        return InvocationResult(payload, error, start, inst.instance_id, request_id,
+                                result.duration_ns // 1000, Usage(peak, cpu_ns // 1000),
+                                result.log_tail)
+
+    async def _instance_died(self, inst: InstanceHandle, start: str,
+                             request_id: str) -> InvocationResult:
+        proc = inst.proc
+        if proc is not None:
+            with trio.move_on_after(EXIT_STATUS_WAIT_S):
+                await proc.exited.wait()
+        oom = inst.cgroup is not None and self.cgroups.oom_kills(inst.cgroup) > inst.cgroup.oom_seen
+        self._retire(inst)
+        if oom:
+            self.counters["oom"] += 1
+            mb = inst.fv.config.memory_mb
+            error = FunctionError(errors.OUT_OF_MEMORY, "Runtime.OutOfMemory",
+                                  f"the instance ran out of memory (memory_mb={mb}) and was killed")
+        else:
+            self.counters["crashes"] += 1
+            status = proc.status if proc is not None else None
+            why = describe_status(status) if status is not None else "an unknown status"
+            error = FunctionError(errors.CRASHED, "Runtime.ExitError",
+                                  f"the instance exited with {why} during the invocation")
+        return _error_result(error, start, request_id, instance_id=inst.instance_id)
+
+    async def _kill_leftovers(self, inst: InstanceHandle) -> None:
+        """Kill the processes a handler left behind in its cgroup (freeze, kill, thaw)."""
+        cg = inst.cgroup
+        if cg is None or inst.proc is None:
+            return
+        keep = inst.proc.pid
+        try:
+            self.cgroups.set_frozen(cg, True)
+            for _ in range(200):
+                if self.cgroups.is_frozen(cg):
+                    break
+                await trio.sleep(0.001)  # the kernel offers no event for FROZEN in v1
+            for pid in self.cgroups.pids(cg):
+                if pid != keep:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, 9)
+        except (OSError, errors.CgroupError):
+            inst.dead = True  # cannot vouch for this instance: do not reuse it
+        finally:
+            with contextlib.suppress(OSError, errors.CgroupError):
+                self.cgroups.set_frozen(cg, False)
+        self.counters["leftovers_killed"] += 1
+
+    def _retire(self, inst: InstanceHandle) -> None:
+        """Take an instance out of service: kill it; reclaim its cgroup in the background."""
+        if inst.table_id < 0:
+            return
+        inst.dead = True
+        state = self.table.state(inst.table_id)
+        if state != _native.STATE_DEAD:
+            self.table.set_state(inst.table_id, _native.STATE_DEAD)
+        inst.kill()
+        inst.fv.instances.pop(inst.table_id, None)
+        for key, other in list(inst.zygote.instances.items()):
+            if other is inst:
+                del inst.zygote.instances[key]
+        if inst.chan is not None:
+            inst.chan.close()
+        tid, inst.table_id = inst.table_id, -1
+        if self._nursery is not None and not self._closing:
+            if inst.proc is not None:
+                self._reclaiming.add(inst.proc)
+            self._nursery.start_soon(self._reclaim, inst.proc, inst.cgroup, tid)
+        else:
+            self.table.set_state(tid, _native.STATE_FREE)
+        if inst.fv.retired:
+            self._maybe_finish_draining(inst.fv)
+
+    async def _reclaim(self, proc: Process | None, cg: CgroupSet | None, tid: int) -> None:
+        try:
+            if proc is not None:
+                with trio.move_on_after(10):
+                    await proc.wait_gone()
+                self._reclaiming.discard(proc)
+                proc.close()
+            if cg is not None:
+                reusable = await trio.to_thread.run_sync(self._empty_cgroup, cg)
+                if reusable and len(self._cg_free) < self.cgroup_pool_size * 2:
+                    self._cg_free.append(cg)
+                else:
+                    await trio.to_thread.run_sync(self.cgroups.destroy, cg)
+        finally:
+            self.table.set_state(tid, _native.STATE_FREE)
+
+    def _empty_cgroup(self, cg: CgroupSet) -> bool:
+        """Kill what is left in a dead instance's cgroup; True when it is empty again."""
+        for _ in range(100):
+            pids = self.cgroups.pids(cg)
+            if not pids:
+                self.cgroups.force_empty(cg)
+                cg.oom_seen = self.cgroups.oom_kills(cg)
+                return True
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, 9)
+            time.sleep(0.002)  # a worker thread: dying tasks leave with no notification
+        return False
+
+    # --- spares, pools, reaping ----------------------------------------------------
+
+    def _want_spares(self, fv: FunctionVersion) -> None:
+        if fv.spare_task or fv.retired or self._nursery is None or self._closing:
+            return
+        fv.spare_task = True
+        self._nursery.start_soon(self._keep_spares, fv)
+
+    async def _keep_spares(self, fv: FunctionVersion) -> None:
+        try:
+            target = policy.spare_target(prewarm=fv.config.prewarm, spares=self.spares)
+            while not fv.retired and fv.zygote is not None and not fv.zygote.dead:
+                need = policy.spare_deficit(
+                    target=target,
+                    idle_spares=self.table.idle(fv.slot, _native.KIND_SPARE),
+                    spawning=fv.spawning_spares,
+                )
+                if need <= 0:
+                    return
+                fv.spawning_spares += 1
+                try:
+                    inst = await self._spawn(fv, fv.zygote)
+                    if inst is None:
+                        return
+                    if not await self._warm_up(inst):
+                        self._retire(inst)
+                        return
+                finally:
+                    fv.spawning_spares -= 1
+                if fv.retired:
+                    self._retire(inst)
+                    return
+                self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_SPARE,
+                                     trio.current_time())
+        except ZygoteError:
+            return
+        finally:
+            fv.spare_task = False
+
+    async def _warm_up(self, inst: InstanceHandle) -> bool:
+        """Run the instance's invocation path once with a no-op (never the user's handler)."""
+        assert inst.chan is not None
+        with trio.move_on_after(WARMUP_TIMEOUT_S):
+            try:
+                await inst.chan.send(wire.Warmup())
+                got = await inst.chan.recv()
+            except (OSError, wire.FrameError):
+                return False
+            return got is not None
+        return False
+
+    async def _fill_warming_pool(self) -> None:
+        while True:
+            need = policy.pool_deficit(target=self.warm_pool_size, ready=len(self._pool),
+                                       forking=self._pool_forking)
+            if need <= 0:
+                await self._pool_lot.park()
+                continue
+            self._pool_forking += 1
+            try:
+                z = await self._fork_generic()
+            except ZygoteError as exc:
+                print(f"fastfaas: cannot fill the warming pool: {exc}", file=sys.stderr)
+                return
+            finally:
+                self._pool_forking -= 1
+            self._pool.append(z)
+
+    async def _watch_zygote(self, z: ZygoteHandle) -> None:
+        """Serve a zygote's messages; when it is gone, clean up after it."""
+        await z.serve()
+        z.dead = True
+        fv = z.fv
+        if fv is not None and fv.zygote is z:
+            fv.zygote = None
+        for inst in list(z.instances.values()):
+            if inst.table_id >= 0 and self.table.state(inst.table_id) == _native.STATE_IDLE:
+                self._retire(inst)
+        with trio.CancelScope(shield=True):
+            if z.proc is not None:
+                z.proc.kill()
+                with trio.move_on_after(10):
+                    await z.proc.wait_gone()
+                z.proc.close()
+            if z.cgroup is not None:
+                await trio.to_thread.run_sync(self.cgroups.destroy, z.cgroup)
+        self._all_zygotes.discard(z)
+
+    def _stop_zygote(self, fv: FunctionVersion) -> None:
+        z = fv.zygote
+        fv.zygote = None
+        self._drain_idle(fv)
+        if z is not None:
+            z.stop()
+            self.counters["zygotes_reaped"] += 1
+
+    def _take_cgroup(self, memory_mb: int) -> CgroupSet | None:
+        if not self.cgroups.enabled:
+            return None
+        cg = self._cg_free.pop() if self._cg_free else self.cgroups.new_instance()
+        self._cg_lot.unpark_all()
+        self.cgroups.size_instance(cg, memory_mb)
+        return cg
+
+    async def _fill_cgroup_pool(self) -> None:
+        if not self.cgroups.enabled:
+            return
+        while True:
+            if len(self._cg_free) >= self.cgroup_pool_size:
+                await self._cg_lot.park()
+                continue
+            cg = await trio.to_thread.run_sync(self.cgroups.new_instance)
+            self._cg_free.append(cg)
+
+    async def _reap_idle(self) -> None:
+        while True:
+            versions = [*self._functions.values(), *self._draining]
+            await trio.sleep(policy.reap_tick(
+                t for fv in versions
+                for t in (fv.config.idle_timeout_s, fv.config.zygote_idle_timeout_s)))
+            now = trio.current_time()
+            for fv in [*self._functions.values(), *self._draining]:
+                for tid in policy.expired_instances(self.table, fv.slot, now,
+                                                    fv.config.idle_timeout_s):
+                    self.counters["instances_reaped"] += 1
+                    self._retire(fv.instances[tid])
+                if fv.zygote is not None and fv.claiming is None and policy.zygote_expired(
+                    last_used=fv.last_used, now=now,
+                    zygote_idle_timeout_s=fv.config.zygote_idle_timeout_s,
+                    busy=self.table.count(fv.slot, _native.STATE_BUSY) + fv.in_flight,
+                    warm=self.table.idle(fv.slot, _native.KIND_WARM),
+                ):
+                    self._stop_zygote(fv)
+                if fv.retired:
+                    self._maybe_finish_draining(fv)
+
+    # --- observability -----------------------------------------------------------
+
+    def _fv_state(self, fv: FunctionVersion) -> dict[str, Any]:
+        z = fv.zygote
+        counts = {name: self.table.count(fv.slot, state) for name, state in (
+            ("spawning", _native.STATE_SPAWNING), ("busy", _native.STATE_BUSY),
+            ("draining", _native.STATE_DRAINING))}
+        counts["warm"] = self.table.idle(fv.slot, _native.KIND_WARM)
+        counts["spare"] = self.table.idle(fv.slot, _native.KIND_SPARE)
+        return {
+            "generation": fv.generation,
+            "zygote": None if z is None or z.proc is None else {
+                "id": z.zygote_id, "pid": z.proc.pid, "alive": not z.dead},
+            "instances": counts,
+            "in_flight": fv.in_flight,
+            "retired": fv.retired,
+        }
+
+    def statistics(self) -> dict[str, Any]:
+        """Zygotes and instances by state, pools, cgroups mode, counters."""
+        return {
+            "cgroups": {
+                "enabled": self.cgroups.enabled,
+                "mode": self.cgroups.mode,
+                "reason": self.cgroups.reason,
+                "subtree": self.cgroups.name if self.cgroups.enabled else None,
+                "pool": len(self._cg_free),
+            },
+            "template": {"pid": self.template.pid, "running": self.template.ready.is_set()},
+            "warming_pool": {"ready": len(self._pool), "forking": self._pool_forking,
+                             "target": self.warm_pool_size},
+            "zygotes": len(self._all_zygotes),
+            "functions": {name: self._fv_state(fv) for name, fv in self._functions.items()},
+            "draining": [self._fv_state(fv) | {"name": fv.name} for fv in self._draining],
+            "counters": dict(self.counters),
+        }
+
+    def pids(self) -> list[int]:
+        """Every fastfaas process this runtime knows of (template, zygotes, instances)."""
+        out = [self.template.pid] if self.template.pid else []
+        out += [z.proc.pid for z in self._all_zygotes if z.proc is not None]
+        for fv in [*self._functions.values(), *self._draining]:
+            out += [i.proc.pid for i in fv.instances.values() if i.proc is not None]
+        return out
+
+
+def _event_bytes(event: Any, payload: bytes | None) -> bytes:
+    if payload is not None:
+        raw = bytes(payload)
+        try:
+            msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"the event is not valid JSON: {exc}") from None
+    else:
+        try:
+            raw = _json_encode(event)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidRequestError(f"the event cannot be encoded as JSON: {exc}") from None
+    if len(raw) > wire.MAX_PAYLOAD:
+        raise RequestTooLargeError(
+            f"the event is {len(raw)} bytes; the limit is {wire.MAX_PAYLOAD} bytes")
+    return raw
+
+
+def _init_error(message: str, error_type: str = "Runtime.InitError") -> FunctionError:
+    return FunctionError(errors.INIT_ERROR, error_type, message)
+
+
+def _error_payload(error: FunctionError) -> bytes:
+    return _json_encode({"errorMessage": error.error_message, "errorType": error.error_type,
+                         "stackTrace": error.stack_trace})
+
+
+def _stack_of(payload: bytes) -> list[str]:
+    try:
+        body = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return []
+    stack = body.get("stackTrace") if isinstance(body, dict) else None
+    return [str(s) for s in stack] if isinstance(stack, list) else []
+
+
+def _error_result(error: FunctionError, start: str, request_id: str, log: bytes = b"",
+                  instance_id: str = "", duration_us: int = 0) -> InvocationResult:
+    return InvocationResult(_error_payload(error), error, start, instance_id, request_id,
+                            duration_us, Usage(0, 0), log)
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,320 @@
+"""The server's handles on the template zygote, zygotes and instances.
+
+The server never forks: it starts the template once with subprocess.Popen
+(from the trio thread, not trio.open_process, whose worker thread would fire
+the template's parent-death signal when it exits) and asks it for zygotes.
+Zygotes fork instances and hand each one's socket and pidfd to the server,
+which signals processes only through their pidfd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from fastfaas import wire
+from fastfaas.errors import ZygoteError
+from fastfaas.runtime.cgroups import CgroupSet
+from fastfaas.runtime.channel import AsyncChannel
+
+ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ")
+TEMPLATE_BOOT_TIMEOUT_S = 30.0
+
+
+def describe_status(status: int) -> str:
+    """'exit status 3' or 'signal 11 (SIGSEGV)' for a wait status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "?"
+        return f"signal {sig} ({name})"
+    if os.WIFEXITED(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
+    return f"wait status {status}"
+
+
+class Process:
+    """A process known by pidfd (not our child: the zygote or template reaps it)."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.status: int | None = None
+        self.exited = trio.Event()
+        self.gone = False
+
+    def kill(self) -> None:
+        if self.pidfd >= 0 and not self.exited.is_set():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def set_exited(self, status: int) -> None:
+        self.status = status
+        self.exited.set()
+
+    async def wait_gone(self) -> None:
+        """Until the process has exited (its pidfd turns readable)."""
+        if self.pidfd >= 0 and not self.gone:
+            try:
+                await trio.lowlevel.wait_readable(self.pidfd)
+            except (trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                return
+            self.gone = True
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                trio.lowlevel.notify_closing(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+@dataclass(eq=False)
+class InstanceHandle:
+    """An instance as the server sees it."""
+
+    table_id: int
+    instance_id: str
+    fv: Any  # FunctionVersion
+    zygote: ZygoteHandle
+    cgroup: CgroupSet | None
+    proc: Process | None = None
+    chan: AsyncChannel | None = None
+    invocations: int = 0
+    dead: bool = False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+
+
+@dataclass(eq=False)
+class ZygoteHandle:
+    """A generic zygote, and after a claim the zygote of one function version."""
+
+    zygote_id: int
+    chan: AsyncChannel
+    proc: Process | None = None
+    cgroup: CgroupSet | None = None
+    fv: Any = None
+    claimed: wire.Claimed | None = None
+    claim_done: trio.Event = field(default_factory=trio.Event)
+    pending: dict[int, tuple[trio.Event, list[Any]]] = field(default_factory=dict)
+    instances: dict[int, InstanceHandle] = field(default_factory=dict)
+    dead: bool = False
+
+    async def serve(self) -> None:
+        """Read this zygote's messages until it closes its socket."""
+        try:
+            while True:
+                try:
+                    got = await self.chan.recv()
+                except (OSError, wire.FrameError):
+                    got = None
+                if got is None:
+                    break
+                data, fds = got
+                try:
+                    msg = wire.zygote_out.decode(data)
+                except Exception:
+                    wire.close_all(fds)
+                    break  # a zygote that sends garbage is done for
+                self._dispatch(msg, fds)
+        finally:
+            self.dead = True
+            self.claim_done.set()
+            for event, box in self.pending.values():
+                box.append(None)
+                event.set()
+            self.pending.clear()
+
+    def _dispatch(self, msg: Any, fds: list[int]) -> None:
+        if isinstance(msg, wire.Claimed):
+            wire.close_all(fds)
+            self.claimed = msg
+            self.claim_done.set()
+        elif isinstance(msg, wire.Spawned | wire.SpawnFailed):
+            waiter = self.pending.pop(msg.instance_id, None)
+            if waiter is None or (isinstance(msg, wire.Spawned) and len(fds) != 2):
+                wire.close_all(fds)
+                return
+            event, box = waiter
+            box.append((msg, fds))
+            event.set()
+        elif isinstance(msg, wire.InstanceExited):
+            wire.close_all(fds)
+            inst = self.instances.get(msg.instance_id)
+            if inst is not None and inst.proc is not None:
+                inst.proc.set_exited(msg.status)
+
+    async def spawn(self, instance_id: int, join_fds: list[int]) -> tuple[Any, list[int]] | None:
+        """Ask for one instance: (Spawned or SpawnFailed, fds), or None if the zygote died."""
+        if self.dead:
+            return None
+        event = trio.Event()
+        box: list[Any] = []
+        self.pending[instance_id] = (event, box)
+        try:
+            await self.chan.send(wire.Spawn(instance_id), join_fds)
+        except OSError:
+            self.pending.pop(instance_id, None)
+            return None
+        await event.wait()
+        return box[0] if box else None  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.dead = True
+        self.chan.close()
+        if self.proc is not None:
+            self.proc.kill()
+
+
+class Template:
+    """The template zygote process and its control socket."""
+
+    def __init__(self, python: str = sys.executable, cwd: str = "/") -> None:
+        self.python = python
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.chan: AsyncChannel | None = None
+        self._liveness_w = -1
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self.zygotes: dict[int, ZygoteHandle] = {}
+        self.pid = 0
+        self.ready = trio.Event()
+
+    def start(self) -> None:
+        """Start the template process (the only Popen fastfaas makes)."""
+        server_end, template_end = wire.new_seqpacket_pair()
+        live_r, live_w = os.pipe2(os.O_CLOEXEC)
+        env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+        argv = [
+            self.python, "-I", "-m", "fastfaas.worker.template",
+            str(template_end.fileno()), str(live_r), str(os.getpid()),
+        ]
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                pass_fds=(template_end.fileno(), live_r),
+                env=env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            server_end.close()
+            os.close(live_w)
+            raise
+        finally:
+            template_end.close()
+            os.close(live_r)
+        self.pid = self.proc.pid
+        self._liveness_w = live_w
+        self.chan = AsyncChannel(server_end)
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the template's messages; started() once it said it is ready."""
+        assert self.chan is not None
+        started = False
+        try:
+            with trio.move_on_after(TEMPLATE_BOOT_TIMEOUT_S) as boot:
+                got = await self.chan.recv()
+            if boot.cancelled_caught or got is None:
+                code = self.proc.poll() if self.proc else None
+                raise ZygoteError(
+                    f"the template zygote did not start ({'timed out' if got else f'exit {code}'}); "
+                    f"run `{self.python} -I -m fastfaas.worker.template` to see why"
+                )
+            msg = wire.template_out.decode(got[0])
+            if not isinstance(msg, wire.TemplateReady):
+                raise ZygoteError(f"the template zygote said {msg!r} before it was ready")
+            self.ready.set()
+            started = True
+            task_status.started()
+            while True:
+                try:
+                    got = await self.chan.recv()
+                except (OSError, wire.FrameError):
+                    got = None
+                if got is None:
+                    break
+                data, fds = got
+                self._dispatch(wire.template_out.decode(data), fds)
+        finally:
+            for event, box in self._pending.values():
+                box.append(None)
+                event.set()
+            self._pending.clear()
+            if not started:
+                self.close()
+
+    def _dispatch(self, msg: Any, fds: list[int]) -> None:
+        if isinstance(msg, wire.ZygoteForked):
+            waiter = self._pending.pop(msg.zygote_id, None)
+            if waiter is None or len(fds) != 1:
+                wire.close_all(fds)
+                return
+            waiter[1].append((msg, fds[0]))
+            waiter[0].set()
+        elif isinstance(msg, wire.ZygoteExited):
+            wire.close_all(fds)
+            z = self.zygotes.pop(msg.zygote_id, None)
+            if z is not None:
+                z.dead = True
+                if z.proc is not None:
+                    z.proc.set_exited(msg.status)
+
+    async def fork_zygote(self) -> ZygoteHandle:
+        """A new generic zygote. Raises ZygoteError if the template is gone."""
+        if self.chan is None or not self.ready.is_set():
+            raise ZygoteError("the template zygote is not running")
+        zygote_id = next(self._ids)
+        server_end, zygote_end = wire.new_seqpacket_pair()
+        event = trio.Event()
+        box: list[Any] = []
+        self._pending[zygote_id] = (event, box)
+        handle = ZygoteHandle(zygote_id, AsyncChannel(server_end))
+        try:
+            await self.chan.send(wire.ForkZygote(zygote_id), [zygote_end.fileno()])
+        except OSError as exc:
+            self._pending.pop(zygote_id, None)
+            handle.chan.close()
+            raise ZygoteError(f"the template zygote is gone: {exc}") from exc
+        finally:
+            zygote_end.close()
+        await event.wait()
+        if not box or box[0] is None:
+            handle.chan.close()
+            raise ZygoteError("the template zygote exited while forking a zygote")
+        msg, pidfd = box[0]
+        handle.proc = Process(msg.pid, pidfd)
+        self.zygotes[zygote_id] = handle
+        return handle
+
+    def close(self) -> None:
+        """Stop the template: its zygotes and instances follow (parent-death signals)."""
+        if self._liveness_w >= 0:
+            os.close(self._liveness_w)
+            self._liveness_w = -1
+        if self.chan is not None:
+            self.chan.close()
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def wait_closed(self) -> None:
+        if self.proc is not None:
+            proc = self.proc
+            await trio.to_thread.run_sync(proc.wait)

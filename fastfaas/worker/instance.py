@@ -1,0 +1,201 @@
+"""The instance: one invocation at a time, reused while warm.
+
+Runs in a process forked from a function zygote by fastfaas._native.spawn,
+already in its cgroups, with fds 1 and 2 on a capture memfd. Always ends in
+os._exit: the zygote's atexit handlers and buffers are not the instance's.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from fastfaas import wire
+from fastfaas.wire import Invoke, Result, Warmup
+
+_json_decode = msgspec.json.decode
+_json_encode = msgspec.json.encode
+
+
+class LambdaContext:
+    """The `context` argument of a two-argument handler, as on AWS Lambda."""
+
+    __slots__ = (
+        "_deadline",
+        "aws_request_id",
+        "function_name",
+        "function_version",
+        "invoked_function_arn",
+        "log_group_name",
+        "log_stream_name",
+        "memory_limit_in_mb",
+    )
+
+    def __init__(self, info: FunctionInfo, request_id: str, deadline: float) -> None:
+        self.function_name = info.function_name
+        self.function_version = info.version
+        self.memory_limit_in_mb = info.memory_mb
+        self.invoked_function_arn = info.arn
+        self.log_group_name = f"/aws/lambda/{info.function_name}"
+        self.log_stream_name = f"fastfaas/{os.getpid()}"
+        self.aws_request_id = request_id
+        self._deadline = deadline
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+    def __repr__(self) -> str:
+        return f"<LambdaContext {self.function_name}:{self.function_version} {self.aws_request_id}>"
+
+
+class FunctionInfo:
+    __slots__ = ("arn", "function_name", "memory_mb", "version")
+
+    def __init__(self, function_name: str, version: str, memory_mb: int) -> None:
+        self.function_name = function_name
+        self.version = version
+        self.memory_mb = memory_mb
+        self.arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
+
+
+def error_body(exc: BaseException, skip_frames: int = 1) -> tuple[str, str, bytes]:
+    """(errorType, errorMessage, Lambda-shaped JSON body) for an exception."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None:
+            tb = tb.tb_next
+    stack = traceback.format_list(traceback.extract_tb(tb))
+    error_type = type(exc).__name__
+    message = str(exc)
+    body = _json_encode({"errorMessage": message, "errorType": error_type, "stackTrace": stack})
+    return error_type, message, body
+
+
+def _take_log_tail() -> bytes:
+    """The last LOG_TAIL bytes written to fds 1-2 since the last call; empties the capture."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        end = os.lseek(1, 0, os.SEEK_CUR)
+        if end <= 0:
+            return b""
+        size = min(end, wire.LOG_TAIL)
+        tail = os.pread(1, size, end - size)
+        os.ftruncate(1, 0)
+        os.lseek(1, 0, os.SEEK_SET)
+        return tail
+    except OSError:  # the handler closed or replaced its stdout
+        return b""
+
+
+def _noop(event: Any, context: Any = None) -> Any:
+    return event
+
+
+def serve(
+    chan: wire.BlockingChannel,
+    handler: Callable[..., Any],
+    two_args: bool,
+    info: FunctionInfo,
+) -> None:
+    """The instance loop. Never returns."""
+    try:
+        while True:
+            got = chan.recv()
+            if got is None:
+                break
+            data, fds = got
+            wire.close_all(fds)
+            msg = wire.instance_in.decode(data)
+            if isinstance(msg, Warmup):
+                # The invocation path once, with a no-op: faults in the pages it touches.
+                warm = Invoke("warmup", b'{"warmup":true}', time.monotonic() + 1)
+                run_one(warm, _noop, True, info)
+                chan.send(Result(ok=True))
+            else:
+                chan.send(run_one(msg, handler, two_args, info))
+    except SystemExit as exc:
+        _exit_for(exc)
+    except BaseException:
+        traceback.print_exc()
+        _take_log_tail()
+        os._exit(70)
+    os._exit(0)
+
+
+def _exit_for(exc: SystemExit) -> None:
+    code = exc.code
+    _take_log_tail()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: FunctionInfo) -> Result:
+    cpu0 = time.process_time_ns()
+    t0 = time.perf_counter_ns()
+    try:
+        event = _json_decode(msg.payload)
+        if two_args:
+            value = handler(event, LambdaContext(info, msg.request_id, msg.deadline))
+        else:
+            value = handler(event)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        duration = time.perf_counter_ns() - t0
+        error_type, message, body = error_body(exc)
+        return Result(
+            ok=False,
+            payload=body,
+            error_type=error_type,
+            error_message=message,
+            duration_ns=duration,
+            cpu_ns=time.process_time_ns() - cpu0,
+            max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            log_tail=_take_log_tail(),
+        )
+    duration = time.perf_counter_ns() - t0
+    try:
+        payload = _json_encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        message = (
+            f"Unable to marshal response: object of type {type(value).__name__} "
+            f"is not JSON serializable ({exc})"
+        )
+        payload = _json_encode(
+            {"errorMessage": message, "errorType": "Runtime.MarshalError", "stackTrace": []}
+        )
+        return Result(
+            ok=False,
+            payload=payload,
+            error_type="Runtime.MarshalError",
+            error_message=message,
+            duration_ns=duration,
+            log_tail=_take_log_tail(),
+        )
+    too_large = len(payload) > wire.MAX_PAYLOAD
+    if too_large:
+        size = len(payload)
+        payload = b""
+        message = f"Response payload size ({size} bytes) exceeded maximum allowed payload size ({wire.MAX_PAYLOAD} bytes)."
+    return Result(
+        ok=not too_large,
+        payload=payload,
+        too_large=too_large,
+        error_type="ResultTooLarge" if too_large else "",
+        error_message=message if too_large else "",
+        duration_ns=duration,
+        cpu_ns=time.process_time_ns() - cpu0,
+        max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        log_tail=_take_log_tail(),
+    )

@@ -1,0 +1,118 @@
+"""The template zygote: started once per runtime, forks generic zygotes.
+
+    python -I -m fastfaas.worker.template CONTROL_FD LIVENESS_FD SERVER_PID
+
+It preloads what every zygote needs, freezes its heap, and then only forks.
+It exits when the liveness pipe reaches EOF (the server is gone) or its
+control socket closes, and its children follow through their parent-death
+signal.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+
+from fastfaas import _native, wire
+from fastfaas.errors import SpawnError
+from fastfaas.worker import instance, zygote  # noqa: F401  (preloaded for every zygote)
+from fastfaas.wire import ForkZygote, TemplateReady, ZygoteExited, ZygoteForked
+
+EXIT_BOOT_FAILED = 78  # a reserved status: the server does not restart a template that fails to boot
+
+
+def main(argv: list[str]) -> None:
+    try:
+        ctl_fd, liveness_fd, server_pid = (int(a) for a in argv)
+    except ValueError:
+        print("usage: python -m fastfaas.worker.template CONTROL_FD LIVENESS_FD SERVER_PID",
+              file=sys.stderr)
+        os._exit(EXIT_BOOT_FAILED)
+    _native.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != server_pid:
+        os._exit(EXIT_BOOT_FAILED)
+    _native.set_child_subreaper(True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    chan = wire.BlockingChannel(socket.socket(fileno=ctl_fd))
+    wakeup = zygote.SignalWakeup(signal.SIGCHLD)
+    gc.collect()
+    gc.freeze()
+    chan.send(TemplateReady(os.getpid()))
+
+    children: dict[int, int] = {}
+    poller = select.poll()
+    poller.register(ctl_fd, select.POLLIN)
+    poller.register(liveness_fd, select.POLLIN)
+    poller.register(wakeup.r, select.POLLIN)
+    own = [ctl_fd, liveness_fd, *wakeup.fds()]
+    while True:
+        for fd, _events in poller.poll():
+            if fd == liveness_fd:
+                _stop(children)
+            if fd == wakeup.r:
+                wakeup.drain()
+                _reap(chan, children)
+                continue
+            got = chan.recv()
+            if got is None:
+                _stop(children)
+            data, fds = got
+            msg = wire.template_in.decode(data)
+            if not isinstance(msg, ForkZygote) or len(fds) != 1:
+                wire.close_all(fds)
+                continue
+            (zctl,) = fds
+            try:
+                pid = _native.spawn((), own, (-1, -1, -1), (), new_session=False,
+                                    reset_signals=True, pdeathsig=signal.SIGKILL)
+            except SpawnError:
+                traceback.print_exc()
+                os.close(zctl)
+                continue
+            if pid == 0:
+                chan.sock.detach()
+                signal.set_wakeup_fd(-1)
+                zygote.generic_main(zctl)
+                os._exit(0)
+            children[pid] = msg.zygote_id
+            os.close(zctl)
+            pidfd = os.pidfd_open(pid)
+            try:
+                chan.send(ZygoteForked(msg.zygote_id, pid), [pidfd])
+            finally:
+                os.close(pidfd)
+        _reap(chan, children)
+
+
+def _reap(chan: wire.BlockingChannel, children: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        zygote_id = children.pop(pid, None)
+        if zygote_id is not None:
+            try:
+                chan.send(ZygoteExited(zygote_id, pid, status))
+            except OSError:
+                pass
+
+
+def _stop(children: dict[int, int]) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

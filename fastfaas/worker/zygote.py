@@ -1,0 +1,274 @@
+"""Generic and function zygotes.
+
+A generic zygote (forked by the template ahead of need) waits for a Claim,
+joins the function's zygote cgroups, imports the function's module and
+becomes that function version's zygote: from then on it forks instances on
+request and reports their exit statuses. It always ends in os._exit.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from fastfaas import _native, wire
+from fastfaas.errors import SpawnError
+from fastfaas.wire import Claim, Claimed, InstanceExited, Spawn, Spawned, SpawnFailed
+
+# Threads started at import do not survive a fork; numeric libraries start
+# pools unless told not to.
+_SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _reap(children: dict[int, int], chan: wire.BlockingChannel | None) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        instance_id = children.pop(pid, None)
+        if instance_id is not None and chan is not None:
+            chan.send(InstanceExited(instance_id, pid, status))
+
+
+class SignalWakeup:
+    """SIGCHLD (and friends) as a readable descriptor for poll()."""
+
+    def __init__(self, *signals: int) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        for sig in signals:
+            signal.signal(sig, _ignore_signal)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def fds(self) -> list[int]:
+        return [self.r, self.w]
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """A Python-level handler: its only job is the write to the wakeup fd."""
+
+
+def resolve_handler(spec: str) -> tuple[Callable[..., Any], bool]:
+    """Import `module.function` and say whether it takes (event, context)."""
+    module_name, sep, attr = spec.rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"handler {spec!r} is not of the form 'module.function'")
+    module = importlib.import_module(module_name)
+    try:
+        handler = getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(
+            f"handler {spec!r}: module {module_name!r} has no attribute {attr!r}"
+        ) from None
+    if not callable(handler):
+        raise TypeError(f"handler {spec!r} is not callable (it is a {type(handler).__name__})")
+    return handler, _takes_context(handler)
+
+
+def _takes_context(handler: Callable[..., Any]) -> bool:
+    code = getattr(handler, "__code__", None)
+    if code is None:
+        call = getattr(type(handler), "__call__", None)
+        code = getattr(call, "__code__", None)
+        bound = 1
+    else:
+        bound = 1 if getattr(handler, "__self__", None) is not None else 0
+    if code is None:
+        return True
+    if code.co_flags & 0x04:  # CO_VARARGS
+        return True
+    return code.co_argcount - bound >= 2
+
+
+def _capture_start() -> tuple[int, int, int]:
+    saved1, saved2 = os.dup(1), os.dup(2)
+    capture = os.memfd_create("fastfaas-init-log", os.MFD_CLOEXEC)
+    os.dup2(capture, 1)
+    os.dup2(capture, 2)
+    return capture, saved1, saved2
+
+
+def _capture_end(capture: int, saved1: int, saved2: int) -> bytes:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os.dup2(saved1, 1)
+    os.dup2(saved2, 2)
+    os.close(saved1)
+    os.close(saved2)
+    end = os.lseek(capture, 0, os.SEEK_END)
+    size = min(end, wire.LOG_TAIL)
+    tail = os.pread(capture, size, end - size) if size else b""
+    os.close(capture)
+    return tail
+
+
+def generic_main(ctl_fd: int) -> None:
+    """A generic zygote: wait for a claim, import, serve spawns. Never returns."""
+    try:
+        _native.set_child_subreaper(True)
+        chan = wire.BlockingChannel(socket.socket(fileno=ctl_fd))
+        got = chan.recv()
+        if got is None:
+            os._exit(0)
+        data, fds = got
+        claim = wire.zygote_in.decode(data)
+        if not isinstance(claim, Claim):
+            os._exit(71)
+        for fd in fds:
+            os.pwrite(fd, b"0", 0)  # join the zygote cgroups before any user code
+            os.close(fd)
+        handler, two_args = _claim(chan, claim)
+        _function_zygote(chan, claim, handler, two_args)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(70)
+    os._exit(0)
+
+
+def _claim(chan: wire.BlockingChannel, claim: Claim) -> tuple[Callable[..., Any], bool]:
+    os.environ.update(_SINGLE_THREAD_ENV)
+    os.environ.update(claim.env)
+    os.environ.update(
+        {
+            "AWS_LAMBDA_FUNCTION_NAME": claim.function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": claim.version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(claim.memory_mb),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(claim.timeout_s)),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{claim.function_name}",
+            "AWS_LAMBDA_RUNTIME_API": "",
+            "LAMBDA_TASK_ROOT": claim.code_dir,
+            "_HANDLER": claim.handler,
+        }
+    )
+    os.chdir(claim.code_dir)
+    sys.path.insert(0, claim.code_dir)
+    capture = _capture_start()
+    try:
+        handler, two_args = resolve_handler(claim.handler)
+    except BaseException as exc:
+        from fastfaas.worker.instance import error_body
+
+        log = _capture_end(*capture)
+        error_type, message, _ = error_body(exc, skip_frames=0)
+        stack = traceback.format_exception(exc)
+        chan.send(Claimed(False, error_type, message, stack, log))
+        os._exit(0)
+    log = _capture_end(*capture)
+    gc.collect()
+    gc.freeze()
+    chan.send(Claimed(True, log_tail=log, threads=threading.active_count()))
+    return handler, two_args
+
+
+def _function_zygote(
+    chan: wire.BlockingChannel, claim: Claim, handler: Callable[..., Any], two_args: bool
+) -> None:
+    from fastfaas.worker import instance
+
+    info = instance.FunctionInfo(claim.function_name, claim.version, claim.memory_mb)
+    rlimits = [tuple(r) for r in claim.rlimits]
+    wakeup = SignalWakeup(signal.SIGCHLD)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    children: dict[int, int] = {}
+    poller = select.poll()
+    poller.register(chan.fileno(), select.POLLIN)
+    poller.register(wakeup.r, select.POLLIN)
+    own = [chan.fileno(), *wakeup.fds(), devnull]
+    while True:
+        for fd, _events in poller.poll():
+            if fd == wakeup.r:
+                wakeup.drain()
+                _reap(children, chan)
+                continue
+            got = chan.recv()
+            if got is None:  # the server is gone or stopped us
+                for pid in children:
+                    _kill(pid)
+                os._exit(0)
+            data, fds = got
+            msg = wire.zygote_in.decode(data)
+            if not isinstance(msg, Spawn):
+                wire.close_all(fds)
+                continue
+            pid_or_chan = _spawn(chan, msg, fds, own, devnull, rlimits)
+            if isinstance(pid_or_chan, wire.BlockingChannel):
+                # The child: the spawn closed the zygote's descriptors already.
+                chan.sock.detach()
+                signal.set_wakeup_fd(-1)
+                instance.serve(pid_or_chan, handler, two_args, info)
+                os._exit(0)
+            if pid_or_chan > 0:
+                children[pid_or_chan] = msg.instance_id
+        _reap(children, chan)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _spawn(
+    chan: wire.BlockingChannel,
+    msg: Spawn,
+    join_fds: list[int],
+    own: list[int],
+    devnull: int,
+    rlimits: list[Any],
+) -> int | wire.BlockingChannel:
+    """Fork one instance. In the child: its channel. In the parent: its pid (0 on failure)."""
+    server_end, child_end = wire.new_seqpacket_pair()
+    capture = os.memfd_create("fastfaas-log", os.MFD_CLOEXEC)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        pid = _native.spawn(
+            join_fds,
+            [*own, server_end.fileno(), capture, *join_fds],
+            (devnull, capture, capture),
+            rlimits,
+            new_session=True,
+            reset_signals=True,
+            pdeathsig=signal.SIGKILL,
+        )
+    except SpawnError as exc:
+        chan.send(SpawnFailed(msg.instance_id, exc.errno or 0, exc.step, str(exc)))
+        pid = -1
+    if pid == 0:
+        server_end.detach()
+        return wire.BlockingChannel(child_end)
+    try:
+        if pid > 0:
+            pidfd = os.pidfd_open(pid)
+            try:
+                chan.send(Spawned(msg.instance_id, pid), [server_end.fileno(), pidfd])
+            finally:
+                os.close(pidfd)
+    finally:
+        server_end.close()
+        child_end.close()
+        os.close(capture)
+        wire.close_all(join_fds)
+    return max(pid, 0)
