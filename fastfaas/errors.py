@@ -73,9 +73,9 @@ class CgroupError(FastfaasError, OSError):
 class SpawnError(OSError):
     """Forking an instance failed; `step` names the step of the spawn that failed."""
 
-    def __init__(self, errno: int, message: str, step: str) -> None:
+    def __init__(self, errno: int | None, message: str | None, step: str) -> None:
         super().__init__(errno, message)
         self.step = step
 
-    def __reduce__(self) -> tuple[type[SpawnError], tuple[int, str, str]]:
+    def __reduce__(self) -> tuple[type[SpawnError], tuple[int | None, str | None, str]]:
         return (type(self), (self.errno, self.strerror, self.step))

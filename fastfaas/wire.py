@@ -11,6 +11,7 @@ This module imports only the standard library and msgspec: zygotes import it.
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import os
 import socket
@@ -30,7 +31,7 @@ _CMSG_SPACE: Final = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 _SEALS: Final = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
-class _Msg(msgspec.Struct, tag=True, array_like=True, frozen=True):
+class _Msg(msgspec.Struct, tag=True, array_like=True):
     pass
 
 
@@ -234,10 +235,8 @@ def incoming(data: bytes, fds: list[int], flags: int) -> tuple[bytes, list[int]]
 
 def close_all(fds: list[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
 
 
 RECV_FLAGS: Final = socket.MSG_CMSG_CLOEXEC

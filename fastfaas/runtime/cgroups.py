@@ -66,7 +66,7 @@ def detect(
     with open(cgroup_path) as f:
         membership = {}
         for line in f.read().splitlines():
-            hid, names, path = line.split(":", 2)
+            _hid, names, path = line.split(":", 2)
             membership[names] = path
     result: dict[str, Hierarchy] = {}
     for fstype, where, options in mounts:
@@ -89,16 +89,18 @@ def detect(
             available = set((own / "cgroup.controllers").read_text().split())
         except OSError:
             continue
-        v2ctrls = {c for c in ("memory", "cpu", "pids") if c in available and c not in result}
+        v2ctrls: set[str] = {
+            c for c in ("memory", "cpu", "pids") if c in available and c not in result
+        }
         if not v2ctrls:
             continue
         # cpu.stat (usage) and cgroup.freeze come with every v2 cgroup.
         if "cpu" in v2ctrls:
             v2ctrls.add("cpuacct")
         v2ctrls.add("freezer")
-        h = Hierarchy(2, where, own, frozenset(v2ctrls))
-        for c in v2ctrls:
-            result.setdefault(c, h)
+        h2 = Hierarchy(2, where, own, frozenset(v2ctrls))
+        for name in v2ctrls:
+            result.setdefault(name, h2)
     return result
 
 
@@ -378,7 +380,7 @@ class Cgroups:
         if cg.cpu_version == 1:
             _native.write_at0(cg.cpu_fd, b"0")
             return 0
-        return _native.read_keyed_i64(cg.cpu_fd, b"usage_usec") * 1000  # type: ignore[no-any-return]
+        return _native.read_keyed_i64(cg.cpu_fd, b"usage_usec") * 1000
 
     def end(self, cg: CgroupSet, cpu_base: int) -> tuple[int, int, int]:
         """(peak memory bytes, CPU ns since begin, tasks in the cgroup)."""
@@ -395,7 +397,7 @@ class Cgroups:
     def oom_kills(self, cg: CgroupSet) -> int:
         if cg.oom_fd < 0:
             return 0
-        return _native.read_keyed_i64(cg.oom_fd, b"oom_kill")  # type: ignore[no-any-return]
+        return _native.read_keyed_i64(cg.oom_fd, b"oom_kill")
 
     def pids(self, cg: CgroupSet) -> list[int]:
         d = cg.dir_for("pids") or cg.dir_for("memory")
@@ -412,7 +414,7 @@ class Cgroups:
     def is_frozen(self, cg: CgroupSet) -> bool:
         for h, d in cg.dirs.items():
             if "freezer" in h.controllers:
-                name, on, _ = FREEZE[h.version]
+                name, _on, _ = FREEZE[h.version]
                 if h.version == 1:
                     return (d / name).read_text().strip() == "FROZEN"
                 events = (d / "cgroup.events").read_text()
@@ -463,6 +465,8 @@ def remove_tree(root: Path, attempts: int = 200) -> None:
                 break
             except OSError as exc:
                 if exc.errno != errno.EBUSY or attempt == attempts - 1:
-                    raise CgroupError(exc.errno, f"cannot remove cgroup {d}: {exc.strerror}") from exc
+                    raise CgroupError(
+                        exc.errno, f"cannot remove cgroup {d}: {exc.strerror}"
+                    ) from exc
                 # Killed tasks leave the cgroup as they exit; nothing signals that.
                 time.sleep(0.005)

@@ -125,6 +125,7 @@ class Runtime:
         self._pool_lot = trio.lowlevel.ParkingLot()
         self._cg_free: list[CgroupSet] = []
         self._cg_lot = trio.lowlevel.ParkingLot()
+        self._reap_lot = trio.lowlevel.ParkingLot()
         self._all_zygotes: set[ZygoteHandle] = set()
         self._reclaiming: set[Process] = set()
         self._nursery_cm: Any = None
@@ -250,6 +251,7 @@ class Runtime:
                              next(self._generations))
         old = self._functions.get(name)
         self._functions[name] = fv
+        self._reap_lot.unpark_all()
         if old is not None:
             self._retire_version(old)
         return self.describe(name)
@@ -267,6 +269,7 @@ class Runtime:
             self._retire_version(fv)
         else:
             fv.config = cfg
+        self._reap_lot.unpark_all()
         return self.describe(name)
 
     async def delete(self, name: str) -> None:
@@ -565,6 +568,7 @@ class Runtime:
             else:
                 self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM,
                                      trio.current_time())
+        assert result is not None
         error = None
         if not result.ok:
             kind = errors.RESULT_TOO_LARGE if result.too_large else errors.UNHANDLED
@@ -705,7 +709,7 @@ class Runtime:
                         return
                 finally:
                     fv.spawning_spares -= 1
-                if fv.retired:
+                if _retired(fv):  # deployed anew while this spare was forked
                     self._retire(inst)
                     return
                 self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_SPARE,
@@ -793,9 +797,11 @@ class Runtime:
     async def _reap_idle(self) -> None:
         while True:
             versions = [*self._functions.values(), *self._draining]
-            await trio.sleep(policy.reap_tick(
+            tick = policy.reap_tick(
                 t for fv in versions
-                for t in (fv.config.idle_timeout_s, fv.config.zygote_idle_timeout_s)))
+                for t in (fv.config.idle_timeout_s, fv.config.zygote_idle_timeout_s))
+            with trio.move_on_after(tick):
+                await self._reap_lot.park()  # a deploy with shorter timeouts wakes it early
             now = trio.current_time()
             for fv in [*self._functions.values(), *self._draining]:
                 for tid in policy.expired_instances(self.table, fv.slot, now,
@@ -856,6 +862,10 @@ class Runtime:
         for fv in [*self._functions.values(), *self._draining]:
             out += [i.proc.pid for i in fv.instances.values() if i.proc is not None]
         return out
+
+
+def _retired(fv: FunctionVersion) -> bool:
+    return fv.retired
 
 
 def _event_bytes(event: Any, payload: bytes | None) -> bytes:

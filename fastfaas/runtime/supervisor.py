@@ -170,7 +170,7 @@ class ZygoteHandle:
             self.pending.pop(instance_id, None)
             return None
         await event.wait()
-        return box[0] if box else None  # type: ignore[no-any-return]
+        return box[0] if box else None
 
     def stop(self) -> None:
         self.dead = True
@@ -233,8 +233,9 @@ class Template:
                 got = await self.chan.recv()
             if boot.cancelled_caught or got is None:
                 code = self.proc.poll() if self.proc else None
+                why = "timed out" if got else f"exit {code}"
                 raise ZygoteError(
-                    f"the template zygote did not start ({'timed out' if got else f'exit {code}'}); "
+                    f"the template zygote did not start ({why}); "
                     f"run `{self.python} -I -m fastfaas.worker.template` to see why"
                 )
             msg = wire.template_out.decode(got[0])

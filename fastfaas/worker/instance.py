@@ -187,7 +187,10 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
     if too_large:
         size = len(payload)
         payload = b""
-        message = f"Response payload size ({size} bytes) exceeded maximum allowed payload size ({wire.MAX_PAYLOAD} bytes)."
+        message = (
+            f"Response payload size ({size} bytes) exceeded maximum allowed "
+            f"payload size ({wire.MAX_PAYLOAD} bytes)."
+        )
     return Result(
         ok=not too_large,
         payload=payload,

@@ -10,6 +10,7 @@ signal.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import select
@@ -17,13 +18,15 @@ import signal
 import socket
 import sys
 import traceback
+from typing import NoReturn
 
 from fastfaas import _native, wire
 from fastfaas.errors import SpawnError
-from fastfaas.worker import instance, zygote  # noqa: F401  (preloaded for every zygote)
 from fastfaas.wire import ForkZygote, TemplateReady, ZygoteExited, ZygoteForked
+from fastfaas.worker import instance, zygote  # noqa: F401  (preloaded for every zygote)
 
-EXIT_BOOT_FAILED = 78  # a reserved status: the server does not restart a template that fails to boot
+# A reserved status: a template that fails to boot is not restarted.
+EXIT_BOOT_FAILED = 78
 
 
 def main(argv: list[str]) -> None:
@@ -99,18 +102,14 @@ def _reap(chan: wire.BlockingChannel, children: dict[int, int]) -> None:
             return
         zygote_id = children.pop(pid, None)
         if zygote_id is not None:
-            try:
+            with contextlib.suppress(OSError):
                 chan.send(ZygoteExited(zygote_id, pid, status))
-            except OSError:
-                pass
 
 
-def _stop(children: dict[int, int]) -> None:
+def _stop(children: dict[int, int]) -> NoReturn:
     for pid in children:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     os._exit(0)
 
 

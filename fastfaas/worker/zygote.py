@@ -8,6 +8,7 @@ request and reports their exit statuses. It always ends in os._exit.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import os
@@ -86,7 +87,8 @@ def resolve_handler(spec: str) -> tuple[Callable[..., Any], bool]:
 def _takes_context(handler: Callable[..., Any]) -> bool:
     code = getattr(handler, "__code__", None)
     if code is None:
-        call = getattr(type(handler), "__call__", None)
+        call = next((k.__dict__["__call__"] for k in type(handler).__mro__
+                     if "__call__" in k.__dict__), None)
         code = getattr(call, "__code__", None)
         bound = 1
     else:
@@ -95,7 +97,7 @@ def _takes_context(handler: Callable[..., Any]) -> bool:
         return True
     if code.co_flags & 0x04:  # CO_VARARGS
         return True
-    return code.co_argcount - bound >= 2
+    return bool(code.co_argcount - bound >= 2)
 
 
 def _capture_start() -> tuple[int, int, int]:
@@ -108,10 +110,8 @@ def _capture_start() -> tuple[int, int, int]:
 
 def _capture_end(capture: int, saved1: int, saved2: int) -> bytes:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
     os.dup2(saved1, 1)
     os.dup2(saved2, 2)
     os.close(saved1)
@@ -224,10 +224,8 @@ def _function_zygote(
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _spawn(

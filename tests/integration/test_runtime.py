@@ -1,0 +1,334 @@
+"""The Runtime over real processes: reuse, concurrency, start kinds, isolation, lifecycle."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+import fastfaas
+from fastfaas.errors import FunctionNotFoundError
+
+COUNTER = """
+import os
+COUNT = 0
+def handler(event, context):
+    global COUNT
+    COUNT += 1
+    return {"count": COUNT, "pid": os.getpid(), "event": event}
+"""
+
+# Blocks until the test releases it through a Unix socket: concurrency without sleeps.
+GATED = """
+import os, socket
+def handler(event, context):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(event["gate"])
+    s.sendall(b"in")
+    s.recv(1)
+    s.close()
+    return {"pid": os.getpid(), "tag": TAG}
+TAG = "v1"
+"""
+
+
+class Gate:
+    """Holds handler calls until `release()`; `wait_arrivals(n)` waits for n of them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.listener = trio.socket.socket(socket.AF_UNIX)
+        self.conns: list[trio.socket.SocketType] = []
+        self.arrived = trio.Condition()
+
+    async def serve(self) -> None:
+        await self.listener.bind(self.path)
+        self.listener.listen(64)
+        while True:
+            conn, _ = await self.listener.accept()
+            await conn.recv(2)
+            async with self.arrived:
+                self.conns.append(conn)
+                self.arrived.notify_all()
+
+    async def wait_arrivals(self, n: int) -> None:
+        async with self.arrived:
+            while len(self.conns) < n:
+                await self.arrived.wait()
+
+    async def release(self) -> None:
+        for conn in self.conns:
+            await conn.send(b"x")
+            conn.close()
+        self.conns.clear()
+
+
+@asynccontextmanager
+async def open_gate(tmp_path: Path) -> AsyncIterator[Gate]:
+    gate = Gate(str(tmp_path / "gate.sock"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gate.serve)
+        yield gate
+        nursery.cancel_scope.cancel()
+    gate.listener.close()
+
+
+async def wait_exit(pid: int) -> None:
+    """Until process `pid` has exited (pidfd readable), at most 10 s."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with trio.fail_after(10):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+async def wait_spare(rt: fastfaas.Runtime, name: str) -> None:
+    """Until the function's zygote has its spare ready (the spare task's own completion)."""
+    fv = rt._functions[name]
+    while fv.spare_task:
+        await trio.sleep(0)  # a checkpoint, not a timed wait: the spare task runs meanwhile
+    assert rt.statistics()["functions"][name]["instances"]["spare"] >= 1
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_sequential_invocations_reuse_one_instance(runtime, make_function) -> None:
+    await runtime.deploy("counter", source=make_function(app=COUNTER), handler="app.handler")
+    results = [await runtime.invoke("counter", {"n": i}) for i in range(5)]
+    assert [r.value()["count"] for r in results] == [1, 2, 3, 4, 5]
+    assert len({r.instance_id for r in results}) == 1
+    assert results[0].start in ("claimed", "cold")
+    assert [r.start for r in results[1:]] == ["warm"] * 4
+    assert results[3].value()["event"] == {"n": 3}
+
+
+async def test_concurrent_invocations_get_distinct_instances(
+    runtime, make_function, tmp_path
+) -> None:
+    await runtime.deploy("gated", source=make_function(app=GATED), handler="app.handler")
+    results: list[fastfaas.InvocationResult] = []
+    async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+        nursery.start_soon(runtime.invoke, "gated", {"gate": gate.path})
+        await gate.wait_arrivals(1)
+        await gate.release()  # now: one warm instance and (soon) one spare
+        await wait_spare(runtime, "gated")
+        for _ in range(4):
+            async def call() -> None:
+                results.append(await runtime.invoke("gated", {"gate": gate.path}))
+            nursery.start_soon(call)
+        await gate.wait_arrivals(4)
+        assert runtime.statistics()["functions"]["gated"]["instances"]["busy"] == 4
+        await gate.release()
+    assert all(r.ok for r in results)
+    assert len({r.instance_id for r in results}) == 4
+    assert len({r.value()["pid"] for r in results}) == 4
+    assert sorted(r.start for r in results) == ["forked", "forked", "prewarmed", "warm"]
+
+
+async def test_start_kinds_without_pools(tmp_path, make_function, cgroups_mode) -> None:
+    code = make_function(app=GATED)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                warm_pool_size=0, spares=0) as rt:
+        await rt.deploy("g", source=code, handler="app.handler")
+        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+            first: list[fastfaas.InvocationResult] = []
+
+            async def call() -> None:
+                first.append(await rt.invoke("g", {"gate": gate.path}))
+
+            nursery.start_soon(call)
+            await gate.wait_arrivals(1)
+            second: list[fastfaas.InvocationResult] = []
+
+            async def call2() -> None:
+                second.append(await rt.invoke("g", {"gate": gate.path}))
+
+            nursery.start_soon(call2)
+            await gate.wait_arrivals(2)
+            await gate.release()
+        assert first[0].start == "cold"  # no warming pool: the template forked on demand
+        assert second[0].start == "forked"  # no spare: forked on the request path
+        assert rt.statistics()["functions"]["g"]["instances"]["spare"] == 0
+
+
+async def test_functions_never_share_a_zygote_or_an_instance(runtime, make_function) -> None:
+    code = make_function(app=COUNTER)
+    await runtime.deploy("a", source=code, handler="app.handler")
+    await runtime.deploy("b", source=code, handler="app.handler")
+    ra = [await runtime.invoke("a") for _ in range(2)]
+    rb = [await runtime.invoke("b") for _ in range(2)]
+    assert {r.instance_id for r in ra}.isdisjoint(r.instance_id for r in rb)
+    assert {r.value()["pid"] for r in ra}.isdisjoint(r.value()["pid"] for r in rb)
+    assert rb[1].value()["count"] == 2  # b's module state is b's own
+    za = runtime.describe("a")["state"]["zygote"]
+    zb = runtime.describe("b")["state"]["zygote"]
+    assert za["id"] != zb["id"] and za["pid"] != zb["pid"]
+
+
+async def test_instances_never_import_the_server(runtime, make_function) -> None:
+    code = make_function(app="""
+        import sys
+        def handler(event, context):
+            return sorted(m for m in sys.modules
+                          if m.split(".")[0] in ("trio", "httpx", "httptools", "fastfaas"))
+    """)
+    await runtime.deploy("mods", source=code, handler="app.handler")
+    modules = (await runtime.invoke("mods")).value()
+    assert not [m for m in modules if not m.startswith(("fastfaas.worker", "fastfaas._native",
+                                                         "fastfaas.wire", "fastfaas.errors"))
+                and m != "fastfaas"], modules
+    assert "fastfaas.worker.instance" in modules
+
+
+async def test_context_environment_and_one_argument_handlers(runtime, make_function) -> None:
+    code = make_function(app="""
+        import os
+        def handler(event, context):
+            return {
+                "name": context.function_name, "version": context.function_version,
+                "memory": context.memory_limit_in_mb, "request": context.aws_request_id,
+                "remaining": context.get_remaining_time_in_millis(),
+                "env": {k: os.environ.get(k) for k in ("GREETING", "AWS_LAMBDA_FUNCTION_NAME",
+                        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "LAMBDA_TASK_ROOT", "HOME", "SECRET")},
+                "cwd": os.getcwd(),
+            }
+        def one(event):
+            return event * 2
+    """)
+    os.environ["SECRET"] = "server-only"
+    try:
+        await runtime.deploy("ctx", source=code, handler="app.handler", memory_mb=256,
+                             timeout_s=5, env={"GREETING": "hi"})
+        await runtime.deploy("one", source=code, handler="app.one")
+        result = await runtime.invoke("ctx", {})
+    finally:
+        del os.environ["SECRET"]
+    v = result.value()
+    assert (v["name"], v["version"], v["memory"]) == ("ctx", "$LATEST", 256)
+    assert v["request"] == result.request_id
+    assert 0 < v["remaining"] <= 5000
+    code_dir = v["env"]["LAMBDA_TASK_ROOT"]
+    assert v["env"] == {"GREETING": "hi", "AWS_LAMBDA_FUNCTION_NAME": "ctx",
+                        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256", "LAMBDA_TASK_ROOT": code_dir,
+                        "HOME": None, "SECRET": None}
+    assert v["cwd"] == code_dir
+    assert (await runtime.invoke("one", 21)).value() == 42
+
+
+async def test_leaving_the_runtime_stops_every_process_and_removes_its_cgroups(
+    tmp_path, make_function, cgroups_mode
+) -> None:
+    code = make_function(app=COUNTER)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode) as rt:
+        await rt.deploy("a", source=code, handler="app.handler")
+        await rt.deploy("b", source=code, handler="app.handler")
+        for name in ("a", "b", "a"):
+            await rt.invoke(name)
+        pids = rt.pids()
+        roots = list(rt.cgroups.roots.values())
+        assert len(pids) >= 6  # template, pool zygotes, 2 function zygotes, instances, spares
+        assert all(alive(p) for p in pids)
+    for pid in pids:
+        await wait_exit(pid)
+    assert not [p for p in pids if alive(p)]
+    assert not [r for r in roots if r.exists()]
+
+
+async def test_idle_instances_and_zygotes_are_reaped(runtime, make_function) -> None:
+    await runtime.deploy("brief", source=make_function(app=COUNTER), handler="app.handler",
+                         idle_timeout_s=0.2, zygote_idle_timeout_s=0.6)
+    first = await runtime.invoke("brief")
+    zygote_pid = runtime.describe("brief")["state"]["zygote"]["pid"]
+    await wait_exit(first.value()["pid"])  # the idle instance was reaped
+    second = await runtime.invoke("brief")
+    assert second.start in ("prewarmed", "forked")
+    assert second.value()["count"] == 1  # a fresh instance of the same zygote
+    await wait_exit(zygote_pid)  # then the zygote
+    third = await runtime.invoke("brief")
+    assert third.start == "claimed"
+
+
+async def test_redeploy_drains_the_old_zygote_while_new_calls_use_the_new_code(
+    runtime, make_function, tmp_path
+) -> None:
+    await runtime.deploy("v", source=make_function(app=GATED), handler="app.handler")
+    old: list[fastfaas.InvocationResult] = []
+    async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+        async def call_old() -> None:
+            old.append(await runtime.invoke("v", {"gate": gate.path}))
+        nursery.start_soon(call_old)
+        await gate.wait_arrivals(1)
+        old_zygote = runtime.describe("v")["state"]["zygote"]["pid"]
+        await runtime.deploy("v", source=make_function(app=GATED.replace('"v1"', '"v2"')),
+                             handler="app.handler")
+        new: list[fastfaas.InvocationResult] = []
+
+        async def call_new() -> None:
+            new.append(await runtime.invoke("v", {"gate": gate.path}))
+        nursery.start_soon(call_new)
+        await gate.wait_arrivals(2)
+        assert alive(old_zygote)  # the in-flight call still holds it
+        await gate.release()
+    assert old[0].value()["tag"] == "v1"
+    assert new[0].value()["tag"] == "v2"
+    await wait_exit(old_zygote)
+    assert runtime.statistics()["draining"] == []
+
+
+async def test_delete_stops_the_function(runtime, make_function) -> None:
+    await runtime.deploy("gone", source=make_function(app=COUNTER), handler="app.handler")
+    pid = (await runtime.invoke("gone")).value()["pid"]
+    await runtime.delete("gone")
+    with pytest.raises(FunctionNotFoundError, match="gone"):
+        await runtime.invoke("gone")
+    await wait_exit(pid)
+    assert runtime.functions() == []
+
+
+async def test_deploy_from_a_zip_file(runtime, make_function, tmp_path) -> None:
+    import zipfile
+
+    zpath = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("pkg/__init__.py", "")
+        zf.writestr("pkg/mod.py", "def handler(event, context):\n    return 'zipped'\n")
+    info = await runtime.deploy("zipped", source=zpath, handler="pkg.mod.handler")
+    assert len(info["code_sha256"]) == 64
+    assert (await runtime.invoke("zipped")).value() == "zipped"
+
+
+def test_blocking_runtime_from_a_plain_thread(tmp_path, make_function: Callable[..., Path],
+                                              cgroups_mode: str) -> None:
+    code = make_function(app=COUNTER)
+    seen: list[int] = []
+    with fastfaas.BlockingRuntime(data_dir=tmp_path / "d", cgroups=cgroups_mode) as rt:
+        rt.deploy("counter", source=code, handler="app.handler")
+
+        def worker() -> None:
+            seen.append(rt.invoke("counter", {"x": 1}).value()["count"])
+
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert rt.statistics()["functions"]["counter"]["in_flight"] == 0
+        pids = rt.runtime.pids()
+    assert sorted(seen)[0] == 1 and len(seen) == 3
+    assert not [p for p in pids if alive(p)]

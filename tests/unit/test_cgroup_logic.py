@@ -1,0 +1,189 @@
+"""Cgroup detection, sizing and file-writing logic, against fake cgroupfs trees.
+
+cgroup v2 is not available on the reference machine; its logic is tested
+here against a directory laid out like one (the kernel behaviour of real v1
+cgroups is tested in tests/integration/test_cgroups.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fastfaas import _native
+from fastfaas.runtime import cgroups as cg
+
+V1_MOUNTS = """\
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
+cgroup /sys/fs/cgroup/freezer cgroup rw,relatime,freezer 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+"""
+V1_SELF = "8:pids:/\n6:freezer:/\n4:memory:/svc/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n"
+
+
+def test_detect_v1_prefers_v1_and_finds_the_servers_own_cgroup(tmp_path: Path) -> None:
+    (tmp_path / "mounts").write_text(V1_MOUNTS)
+    (tmp_path / "cgroup").write_text(V1_SELF)
+    found = cg.detect(str(tmp_path / "mounts"), str(tmp_path / "cgroup"))
+    assert set(found) == {"memory", "cpu", "cpuacct", "pids", "freezer"}
+    assert found["memory"].version == 1
+    assert found["memory"].own == Path("/sys/fs/cgroup/memory/svc/abc")
+    assert found["cpu"].own == Path("/sys/fs/cgroup/cpu")
+    assert found["cpu"] != found["cpuacct"]  # separate hierarchies here
+
+
+def fake_v2(tmp_path: Path) -> dict[str, cg.Hierarchy]:
+    mount = tmp_path / "cgroup2"
+    own = mount / "user.slice" / "me"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpu memory pids io\n")
+    (tmp_path / "mounts").write_text(f"cgroup2 {mount} cgroup2 rw 0 0\n")
+    (tmp_path / "cgroup").write_text("0::/user.slice/me\n")
+    return cg.detect(str(tmp_path / "mounts"), str(tmp_path / "cgroup"))
+
+
+def test_detect_v2(tmp_path: Path) -> None:
+    found = fake_v2(tmp_path)
+    assert {c for c, h in found.items() if h.version == 2} == {
+        "memory", "cpu", "cpuacct", "pids", "freezer"}
+    assert found["memory"].own == tmp_path / "cgroup2" / "user.slice" / "me"
+
+
+def test_v2_instance_cgroup_is_sized_joined_and_read_through_its_files(tmp_path: Path) -> None:
+    found = fake_v2(tmp_path)
+    own = found["memory"].own
+    groups = cg.Cgroups("require", hierarchies=found, ncpus=2)
+    # A fake cgroupfs creates no control files on mkdir: lay them out as the kernel would.
+    real_mkdir = Path.mkdir
+
+    def mkdir_with_files(self: Path, *a: object, **k: object) -> None:
+        real_mkdir(self, *a, **k)  # type: ignore[arg-type]
+        for name, text in {"cgroup.procs": "", "memory.peak": "4096\n",
+                           "cpu.stat": "usage_usec 250\nuser_usec 200\n",
+                           "memory.events": "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+                           "pids.current": "2\n", "cgroup.controllers": ""}.items():
+            (self / name).write_text(text)
+
+    Path.mkdir = mkdir_with_files  # type: ignore[method-assign]
+    try:
+        groups.start()
+        inst = groups.new_instance()
+    finally:
+        Path.mkdir = real_mkdir  # type: ignore[method-assign]
+    assert groups.enabled and len(inst.dirs) == 1
+    d = next(iter(inst.dirs.values()))
+    assert d.parent == own / groups.name
+    groups.size_instance(inst, 1769)
+    assert (d / "memory.max").read_text() == str(1769 * 1024 * 1024)
+    assert (d / "memory.swap.max").read_text() == "0"
+    assert (d / "cpu.max").read_text() == "100000 100000"
+    assert (d / "pids.max").read_text() == str(cg.INSTANCE_PIDS_MAX)
+    base = groups.begin(inst)
+    assert base == 250_000
+    assert (d / "memory.peak").read_text().startswith("reset")
+    (d / "memory.peak").write_text("8192\n")
+    (d / "cpu.stat").write_text("usage_usec 1250\n")
+    assert groups.end(inst, base) == (8192, 1_000_000, 2)
+    assert groups.oom_kills(inst) == 1
+    os.pwrite(inst.join_fds[0], b"0", 0)
+    assert (d / "cgroup.procs").read_text() == "0"
+    groups.set_frozen(inst, True)
+    assert (d / "cgroup.freeze").read_text() == "1"
+    for f in d.iterdir():  # a real cgroupfs rmdir ignores control files
+        f.unlink()
+    groups.destroy(inst)
+    assert not d.exists()
+    for f in (own / groups.name).iterdir():
+        f.unlink()
+    groups.close()
+    assert not (own / groups.name).exists()
+
+
+def test_limit_writes_per_version() -> None:
+    v1 = cg.limit_writes(1, frozenset({"memory", "cpu", "pids"}), 128 * cg.MiB, 7236, 1024)
+    assert v1 == [
+        ("memory.limit_in_bytes", str(128 * cg.MiB)),
+        ("memory.memsw.limit_in_bytes", str(128 * cg.MiB)),
+        ("cpu.cfs_period_us", "100000"),
+        ("cpu.cfs_quota_us", "7236"),
+        ("pids.max", "1024"),
+    ]
+    assert cg.limit_writes(1, frozenset({"pids"}), 1, 1, 5) == [("pids.max", "5")]
+    v2 = cg.limit_writes(2, frozenset({"memory", "cpu"}), 256, 2000, None)
+    assert v2 == [("memory.max", "256"), ("memory.swap.max", "0"), ("cpu.max", "2000 100000")]
+
+
+@pytest.mark.parametrize(
+    ("memory_mb", "ncpus", "quota"),
+    [(128, 2, 7236), (1769, 2, 100_000), (3538, 2, 200_000), (10240, 2, 200_000),
+     (10240, 1, 100_000), (1, 2, 1000)],
+)
+def test_cpu_quota_is_proportional_to_memory(memory_mb: int, ncpus: int, quota: int) -> None:
+    assert _native.cpu_quota_us(memory_mb, 100_000, ncpus) == quota
+
+
+def test_zygote_memory_has_headroom() -> None:
+    assert _native.zygote_memory_bytes(128) == (128 + 64) * cg.MiB
+    assert _native.zygote_memory_bytes(1024) == (1024 + 256) * cg.MiB
+    with pytest.raises(ValueError):
+        _native.zygote_memory_bytes(0)
+
+
+def test_native_file_readers(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 7\n")
+    fd = os.open(f, os.O_RDWR)
+    try:
+        assert _native.read_keyed_i64(fd, b"oom_kill") == 7
+        with pytest.raises(OSError):
+            _native.read_keyed_i64(fd, b"missing")
+        _native.write_at0(fd, b"max\n")
+        assert _native.read_i64(fd) == 2**63 - 1
+        _native.write_at0(fd, b"12345\n")
+        assert _native.read_i64(fd) == 12345
+    finally:
+        os.close(fd)
+
+
+def test_unwritable_cgroups_fall_back_or_fail_as_asked(tmp_path: Path) -> None:
+    found = fake_v2(tmp_path)
+    gone = {c: cg.Hierarchy(h.version, h.mount, tmp_path / "not-there", h.controllers)
+            for c, h in found.items()}
+    auto = cg.Cgroups("auto", hierarchies=gone)
+    auto.start()
+    assert not auto.enabled
+    assert "not writable" in auto.reason and "rlimits" in auto.reason
+    with pytest.raises(cg.CgroupError, match="required"):
+        cg.Cgroups("require", hierarchies=gone).start()
+
+
+def test_off_switch_uses_rlimits() -> None:
+    groups = cg.Cgroups("off")
+    groups.start()
+    assert not groups.enabled
+    assert "switched off" in groups.reason
+
+
+def test_stale_subtrees_of_dead_runtimes_are_removed_and_others_kept(tmp_path: Path) -> None:
+    found = fake_v2(tmp_path)
+    own = found["memory"].own
+    dead = own / "fastfaas-999999999-1-0"
+    (dead / "i0").mkdir(parents=True)
+    alive_pid = os.getppid()
+    alive = own / f"fastfaas-{alive_pid}-{cg._starttime(alive_pid)}-0"
+    alive.mkdir()
+    other = own / "not-ours"
+    other.mkdir()
+    groups = cg.Cgroups("require", hierarchies=found)
+    groups.start()
+    try:
+        assert not dead.exists()
+        assert alive.exists() and other.exists()
+        assert str(dead) in groups.stale_removed
+    finally:
+        groups.close()

@@ -1,0 +1,54 @@
+"""Capacity policy, under trio's autojump clock (no processes here)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from fastfaas import _native as n
+from fastfaas.runtime import policy
+
+
+def test_reap_tick_is_a_quarter_of_the_shortest_timeout_within_bounds() -> None:
+    assert policy.reap_tick([60, 300]) == policy.MAX_TICK_S
+    assert policy.reap_tick([0.4, 300]) == 0.1
+    assert policy.reap_tick([0.001]) == policy.MIN_TICK_S
+    assert policy.reap_tick([]) == policy.MAX_TICK_S
+
+
+def test_zygote_expiry_ignores_spares_but_not_warm_or_busy() -> None:
+    kw = dict(last_used=0.0, now=10.0, zygote_idle_timeout_s=5.0)
+    assert policy.zygote_expired(**kw, busy=0, warm=0)
+    assert not policy.zygote_expired(**kw, busy=1, warm=0)
+    assert not policy.zygote_expired(**kw, busy=0, warm=1)
+    assert not policy.zygote_expired(last_used=6.0, now=10.0, zygote_idle_timeout_s=5.0,
+                                     busy=0, warm=0)
+
+
+def test_deficits() -> None:
+    assert policy.spare_deficit(target=1, idle_spares=0, spawning=0) == 1
+    assert policy.spare_deficit(target=1, idle_spares=0, spawning=1) == 0
+    assert policy.spare_deficit(target=3, idle_spares=5, spawning=0) == 0
+    assert policy.spare_target(prewarm=4, spares=1) == 4
+    assert policy.pool_deficit(target=2, ready=1, forking=0) == 1
+
+
+async def test_instances_expire_after_their_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    table = n.InstanceTable()
+    slot = table.new_slot()
+    first, second = table.add(slot), table.add(slot)
+    table.release(first, trio.current_time())
+    await trio.sleep(30)
+    table.release(second, trio.current_time())
+    reaped: list[tuple[float, int]] = []
+    start = trio.current_time()
+    while len(reaped) < 2:
+        await trio.sleep(policy.reap_tick([60]))
+        now = trio.current_time()
+        reaped += [(now - start, i) for i in policy.expired_instances(table, slot, now, 60)]
+    (t_first, id_first), (t_second, id_second) = reaped
+    assert id_first == first and id_second == second
+    assert 30 <= t_first <= 30 + policy.MAX_TICK_S
+    assert 60 <= t_second <= 60 + policy.MAX_TICK_S
