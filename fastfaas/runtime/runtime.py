@@ -752,6 +752,7 @@ class Runtime:
         """Serve a zygote's messages; when it is gone, clean up after it."""
         await z.serve()
         z.dead = True
+        z.chan.close()
         fv = z.fv
         if fv is not None and fv.zygote is z:
             fv.zygote = None

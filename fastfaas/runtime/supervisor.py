@@ -295,7 +295,12 @@ class Template:
             raise ZygoteError(f"the template zygote is gone: {exc}") from exc
         finally:
             zygote_end.close()
-        await event.wait()
+        try:
+            await event.wait()
+        except BaseException:
+            self._pending.pop(zygote_id, None)
+            handle.chan.close()
+            raise
         if not box or box[0] is None:
             handle.chan.close()
             raise ZygoteError("the template zygote exited while forking a zygote")

@@ -124,9 +124,16 @@ async def test_concurrent_invocations_get_distinct_instances(
     await runtime.deploy("gated", source=make_function(app=GATED), handler="app.handler")
     results: list[fastfaas.InvocationResult] = []
     async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
-        nursery.start_soon(runtime.invoke, "gated", {"gate": gate.path})
+        first_done = trio.Event()
+
+        async def first() -> None:
+            await runtime.invoke("gated", {"gate": gate.path})
+            first_done.set()
+
+        nursery.start_soon(first)
         await gate.wait_arrivals(1)
-        await gate.release()  # now: one warm instance and (soon) one spare
+        await gate.release()
+        await first_done.wait()  # now: one warm instance and (soon) one spare
         await wait_spare(runtime, "gated")
         for _ in range(4):
             async def call() -> None:

@@ -1,0 +1,110 @@
+"""Real cgroups: limits read back from the cgroup files, usage, and the rlimit fallback."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import pytest
+
+import fastfaas
+from fastfaas import _native
+
+CGROUP_REPORT = """
+import os
+def handler(event, context):
+    if event.get("allocate_mb"):
+        block = bytearray(event["allocate_mb"] * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+    if event.get("spin"):
+        n = 0
+        for i in range(event["spin"]):
+            n += i
+    with open("/proc/self/cgroup") as f:
+        return {"pid": os.getpid(), "cgroup": f.read()}
+"""
+
+
+def cgroup_dirs(proc_cgroup: str) -> dict[str, Path]:
+    out = {}
+    for line in proc_cgroup.splitlines():
+        _, names, path = line.split(":", 2)
+        for name in names.split(","):
+            if name in ("memory", "cpu", "cpuacct", "pids", "freezer"):
+                out[name] = Path("/sys/fs/cgroup") / name / path.lstrip("/")
+    return out
+
+
+@pytest.mark.cgroups
+async def test_instance_and_zygote_cgroups_have_the_functions_limits(
+    runtime, make_function
+) -> None:
+    await runtime.deploy("sized", source=make_function(app=CGROUP_REPORT),
+                         handler="app.handler", memory_mb=256)
+    result = await runtime.invoke("sized", {})
+    dirs = cgroup_dirs(result.value()["cgroup"])
+    subtree = runtime.cgroups.name
+    for name in ("memory", "cpu", "cpuacct", "pids", "freezer"):
+        assert subtree in dirs[name].parts, (name, dirs[name])
+    assert int((dirs["memory"] / "memory.limit_in_bytes").read_text()) == 256 * 1024 * 1024
+    quota = int((dirs["cpu"] / "cpu.cfs_quota_us").read_text())
+    assert quota == _native.cpu_quota_us(256, 100_000, runtime.cgroups.ncpus) == 14472
+    assert int((dirs["pids"] / "pids.max").read_text()) == 1024
+
+    zygote_pid = runtime.describe("sized")["state"]["zygote"]["pid"]
+    zdirs = cgroup_dirs(Path(f"/proc/{zygote_pid}/cgroup").read_text())
+    assert int((zdirs["memory"] / "memory.limit_in_bytes").read_text()) == (
+        _native.zygote_memory_bytes(256))
+    assert int((zdirs["cpu"] / "cpu.cfs_quota_us").read_text()) == -1  # no CPU quota
+    assert zdirs["memory"] != dirs["memory"]
+
+
+@pytest.mark.cgroups
+async def test_usage_is_measured_per_invocation(runtime, make_function) -> None:
+    await runtime.deploy("usage", source=make_function(app=CGROUP_REPORT),
+                         handler="app.handler", memory_mb=512)
+    await runtime.invoke("usage", {})
+    big = await runtime.invoke("usage", {"allocate_mb": 64, "spin": 2_000_000})
+    small = await runtime.invoke("usage", {})
+    assert big.start == small.start == "warm"
+    assert big.usage.max_memory_bytes >= 64 * 1024 * 1024
+    assert small.usage.max_memory_bytes < big.usage.max_memory_bytes  # reset between calls
+    assert big.usage.cpu_us > small.usage.cpu_us > 0
+
+
+@pytest.mark.cgroups
+async def test_statistics_report_cgroups(runtime) -> None:
+    stats = runtime.statistics()["cgroups"]
+    assert stats["enabled"] is True
+    assert stats["subtree"].startswith("fastfaas-")
+    for root in runtime.cgroups.roots.values():
+        assert root.is_dir()
+
+
+async def test_rlimit_fallback_when_cgroups_are_off(tmp_path, make_function) -> None:
+    code = make_function(app="""
+        import resource
+        def handler(event, context):
+            block = bytearray(event["mb"] * 1024 * 1024) if event["mb"] else b""
+            return {"data": resource.getrlimit(resource.RLIMIT_DATA),
+                    "core": resource.getrlimit(resource.RLIMIT_CORE), "n": len(block)}
+    """)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups="off") as rt:
+        stats = rt.statistics()["cgroups"]
+        assert stats["enabled"] is False and "rlimits" in stats["reason"]
+        await rt.deploy("limited", source=code, handler="app.handler", memory_mb=128)
+        ok = await rt.invoke("limited", {"mb": 0})
+        assert ok.value()["data"] == [128 * 1024 * 1024] * 2
+        assert ok.value()["core"] == [0, 0]
+        assert ok.usage.max_memory_bytes > 0  # the instance's own maxrss
+        too_big = await rt.invoke("limited", {"mb": 512})
+        assert too_big.error is not None and too_big.error.error_type == "MemoryError"
+        again = await rt.invoke("limited", {"mb": 0})
+        assert again.ok and again.instance_id == ok.instance_id
+
+
+def test_cgroups_mode_is_validated() -> None:
+    with pytest.raises(ValueError, match="cgroups mode"):
+        fastfaas.Runtime(cgroups="sometimes")
+    assert resource.RLIMIT_DATA  # the fallback's limit exists on this platform
