@@ -79,7 +79,7 @@ def test_a_failing_step_is_reported_with_its_errno_and_name() -> None:
 
 
 def test_a_failing_rlimit_is_named() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with pytest.raises(SpawnError) as info:
         # soft above hard is refused by the kernel with EINVAL
         _native.spawn(rlimits=[(resource.RLIMIT_NOFILE, hard + 1, hard)])
