@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from typing import Any
 
 import msgspec
 import trio
@@ -12,15 +14,19 @@ from fastfaas import wire
 
 
 class AsyncChannel:
-    """Messages (msgspec structs) with descriptors, over a trio socket.
+    """Messages (msgspec structs) with descriptors, over a SOCK_SEQPACKET socket.
 
-    Sends are serialised by a lock, so several tasks may share one channel;
-    only one task may receive.
+    Several tasks may send on one channel (a datagram is sent whole, and a
+    send that must wait for buffer space waits its turn); one task receives.
+    On the invocation path a send that fits in the socket buffer goes out
+    at once, without a trip through trio's scheduler: the receive that
+    follows is the checkpoint.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        self.sock = trio.socket.from_stdlib_socket(sock)
+        self._raw = sock
+        self.fd = sock.fileno()
         self._buf = bytearray(wire.INLINE_MAX + 1)
         self._view = memoryview(self._buf)
         self._send_lock = trio.StrictFIFOLock()
@@ -31,27 +37,53 @@ class AsyncChannel:
         await self.send_bytes(wire.encoder.encode(msg), fds or [])
 
     async def send_bytes(self, data: bytes, fds: list[int]) -> None:
+        if self.closed:
+            raise BrokenPipeError("the channel is closed")
         payload, out_fds, memfd = wire.outgoing(data, fds)
+        anc = wire.ancillary(out_fds)
         try:
+            if not self._send_lock.locked():
+                try:
+                    self._raw.sendmsg([payload], anc)
+                    return
+                except BlockingIOError:
+                    pass
             async with self._send_lock:
-                await self.sock.sendmsg([payload], wire.ancillary(out_fds))
-        except trio.ClosedResourceError:
-            raise BrokenPipeError("the channel is closed") from None
+                while True:
+                    await self._wait(trio.lowlevel.wait_writable)
+                    try:
+                        self._raw.sendmsg([payload], anc)
+                        return
+                    except BlockingIOError:
+                        pass
         finally:
             if memfd >= 0:
                 os.close(memfd)
+
+    async def _wait(self, wait: Any) -> None:
+        if self.closed:
+            raise BrokenPipeError("the channel is closed")
+        try:
+            await wait(self.fd)
+        except trio.ClosedResourceError:
+            raise BrokenPipeError("the channel is closed") from None
 
     async def recv(self) -> tuple[bytes, list[int]] | None:
         """One frame and its descriptors (the caller owns them); None at EOF.
 
         Raises wire.FrameError for a malformed frame.
         """
-        try:
-            n, anc, flags, _ = await self.sock.recvmsg_into(
-                [self._view], wire._CMSG_SPACE, wire.RECV_FLAGS
-            )
-        except (ConnectionResetError, trio.ClosedResourceError):
-            return None
+        while True:
+            try:
+                await self._wait(trio.lowlevel.wait_readable)
+                n, anc, flags, _ = self._raw.recvmsg_into(
+                    [self._view], wire._CMSG_SPACE, wire.RECV_FLAGS
+                )
+                break
+            except BlockingIOError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                return None
         fds = wire.parse_fds(anc)
         if n == 0 and not fds:
             return None
@@ -60,4 +92,6 @@ class AsyncChannel:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.sock.close()
+            with contextlib.suppress(RuntimeError):  # outside trio: a late collection
+                trio.lowlevel.notify_closing(self.fd)
+            self._raw.close()

@@ -76,6 +76,7 @@ class FunctionVersion:
         self.spawning_spares = 0
         self.spare_task = False
         self.retired = False
+        self.slot_released = False
         self.init_log = b""
 
     def __repr__(self) -> str:
@@ -310,7 +311,10 @@ class Runtime:
 
     def _drain_idle(self, fv: FunctionVersion) -> None:
         for kind in (_native.KIND_WARM, _native.KIND_SPARE):
-            while (tid := self.table.pop_expired(fv.slot, kind, float("inf"))) is not None:
+            # Retiring the last instance may finish the draining and free the slot.
+            while not fv.slot_released and (
+                tid := self.table.pop_expired(fv.slot, kind, float("inf"))
+            ) is not None:
                 self._retire(fv.instances[tid])
 
     def _maybe_finish_draining(self, fv: FunctionVersion) -> None:
@@ -322,7 +326,8 @@ class Runtime:
         if fv.zygote is not None:
             self._stop_zygote(fv)
         self._draining.discard(fv)
-        with contextlib.suppress(ValueError):
+        if not fv.slot_released:
+            fv.slot_released = True
             self.table.release_slot(fv.slot)
 
     # --- invocation ------------------------------------------------------------
@@ -805,6 +810,8 @@ class Runtime:
                 await self._reap_lot.park()  # a deploy with shorter timeouts wakes it early
             now = trio.current_time()
             for fv in [*self._functions.values(), *self._draining]:
+                if fv.slot_released:
+                    continue
                 for tid in policy.expired_instances(self.table, fv.slot, now,
                                                     fv.config.idle_timeout_s):
                     self.counters["instances_reaped"] += 1
