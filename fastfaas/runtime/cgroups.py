@@ -326,6 +326,10 @@ class Cgroups:
         """A zygote's cgroup: memory with headroom, a pids limit, no CPU quota."""
         cg = self._make("z", ("memory", "pids", "freezer"))
         try:
+            for h, d in cg.dirs.items():
+                if "memory" in h.controllers:
+                    cg.oom_fd = _open(d / OOM_FILE[h.version], os.O_RDONLY)
+                    cg.oom_version = h.version
             self._size(cg, _native.zygote_memory_bytes(memory_mb), None, ZYGOTE_PIDS_MAX)
         except CgroupError:
             self.destroy(cg)

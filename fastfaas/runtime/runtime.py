@@ -469,12 +469,13 @@ class Runtime:
                 f"{cfg.init_timeout_s:g}s", "Init.Timeout")
         claimed = z.claimed
         if claimed is None:
-            if z.proc is not None:
-                with trio.move_on_after(EXIT_STATUS_WAIT_S):
+            with trio.move_on_after(EXIT_STATUS_WAIT_S):
+                if z.proc is not None:
                     await z.proc.exited.wait()
+                await z.gone.wait()
             status = z.proc.status if z.proc is not None else None
             why = describe_status(status) if status is not None else "an unknown status"
-            oom = cg is not None and self.cgroups.oom_kills(cg) > 0
+            oom = z.oom_killed
             z.stop()
             if oom:
                 return _init_error(
@@ -758,6 +759,10 @@ class Runtime:
         await z.serve()
         z.dead = True
         z.chan.close()
+        if z.cgroup is not None:
+            with contextlib.suppress(OSError):
+                z.oom_killed = self.cgroups.oom_kills(z.cgroup) > 0
+        z.gone.set()
         fv = z.fv
         if fv is not None and fv.zygote is z:
             fv.zygote = None

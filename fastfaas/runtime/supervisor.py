@@ -112,6 +112,8 @@ class ZygoteHandle:
     pending: dict[int, tuple[trio.Event, list[Any]]] = field(default_factory=dict)
     instances: dict[int, InstanceHandle] = field(default_factory=dict)
     dead: bool = False
+    oom_killed: bool = False  # read from its memory cgroup once it is gone
+    gone: trio.Event = field(default_factory=trio.Event)
 
     async def serve(self) -> None:
         """Read this zygote's messages until it closes its socket."""

@@ -167,7 +167,7 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
     duration = time.perf_counter_ns() - t0
     try:
         payload = _json_encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except Exception as exc:  # TypeError, OverflowError, RecursionError for a cycle...
         message = (
             f"Unable to marshal response: object of type {type(value).__name__} "
             f"is not JSON serializable ({exc})"
