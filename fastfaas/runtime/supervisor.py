@@ -15,9 +15,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from fastfaas import wire
@@ -41,6 +43,32 @@ def describe_status(status: int) -> str:
     if os.WIFEXITED(status):
         return f"exit status {os.WEXITSTATUS(status)}"
     return f"wait status {status}"
+
+
+async def read_messages(
+    chan: AsyncChannel,
+    decoder: msgspec.msgpack.Decoder[Any],
+    dispatch: Callable[[Any, list[int]], None],
+) -> None:
+    """Decode and dispatch a peer's messages until EOF or garbage.
+
+    Every message from a zygote is validated against its decoder's types: a
+    peer that sends anything else is done for.
+    """
+    while True:
+        try:
+            got = await chan.recv()
+        except (OSError, wire.FrameError):
+            return
+        if got is None:
+            return
+        data, fds = got
+        try:
+            msg = decoder.decode(data)
+        except msgspec.DecodeError:
+            wire.close_all(fds)
+            return
+        dispatch(msg, fds)
 
 
 class Process:
@@ -118,20 +146,7 @@ class ZygoteHandle:
     async def serve(self) -> None:
         """Read this zygote's messages until it closes its socket."""
         try:
-            while True:
-                try:
-                    got = await self.chan.recv()
-                except (OSError, wire.FrameError):
-                    got = None
-                if got is None:
-                    break
-                data, fds = got
-                try:
-                    msg = wire.zygote_out.decode(data)
-                except Exception:
-                    wire.close_all(fds)
-                    break  # a zygote that sends garbage is done for
-                self._dispatch(msg, fds)
+            await read_messages(self.chan, wire.zygote_out, self._dispatch)
         finally:
             self.dead = True
             self.claim_done.set()
@@ -246,15 +261,7 @@ class Template:
             self.ready.set()
             started = True
             task_status.started()
-            while True:
-                try:
-                    got = await self.chan.recv()
-                except (OSError, wire.FrameError):
-                    got = None
-                if got is None:
-                    break
-                data, fds = got
-                self._dispatch(wire.template_out.decode(data), fds)
+            await read_messages(self.chan, wire.template_out, self._dispatch)
         finally:
             for event, box in self._pending.values():
                 box.append(None)

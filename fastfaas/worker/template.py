@@ -53,13 +53,17 @@ def main(argv: list[str]) -> None:
     poller.register(liveness_fd, select.POLLIN)
     poller.register(wakeup.r, select.POLLIN)
     own = [ctl_fd, liveness_fd, *wakeup.fds()]
+
+    def report_exit(zygote_id: int, pid: int, status: int) -> None:
+        chan.send(ZygoteExited(zygote_id, pid, status))
+
     while True:
         for fd, _events in poller.poll():
             if fd == liveness_fd:
                 _stop(children)
             if fd == wakeup.r:
                 wakeup.drain()
-                _reap(chan, children)
+                zygote.reap(children, report_exit)
                 continue
             got = chan.recv()
             if got is None:
@@ -89,21 +93,7 @@ def main(argv: list[str]) -> None:
                 chan.send(ZygoteForked(msg.zygote_id, pid), [pidfd])
             finally:
                 os.close(pidfd)
-        _reap(chan, children)
-
-
-def _reap(chan: wire.BlockingChannel, children: dict[int, int]) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        zygote_id = children.pop(pid, None)
-        if zygote_id is not None:
-            with contextlib.suppress(OSError):
-                chan.send(ZygoteExited(zygote_id, pid, status))
+        zygote.reap(children, report_exit)
 
 
 def _stop(children: dict[int, int]) -> NoReturn:

@@ -30,7 +30,8 @@ from fastfaas.wire import Claim, Claimed, InstanceExited, Spawn, Spawned, SpawnF
 _SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _reap(children: dict[int, int], chan: wire.BlockingChannel | None) -> None:
+def reap(children: dict[int, int], report: Callable[[int, int, int], None]) -> None:
+    """Reap every exited child; report(id, pid, status) for the ones in `children`."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -38,9 +39,10 @@ def _reap(children: dict[int, int], chan: wire.BlockingChannel | None) -> None:
             return
         if pid == 0:
             return
-        instance_id = children.pop(pid, None)
-        if instance_id is not None and chan is not None:
-            chan.send(InstanceExited(instance_id, pid, status))
+        child_id = children.pop(pid, None)
+        if child_id is not None:
+            with contextlib.suppress(OSError):
+                report(child_id, pid, status)
 
 
 class SignalWakeup:
@@ -195,11 +197,15 @@ def _function_zygote(
     poller.register(chan.fileno(), select.POLLIN)
     poller.register(wakeup.r, select.POLLIN)
     own = [chan.fileno(), *wakeup.fds(), devnull]
+
+    def report_exit(instance_id: int, pid: int, status: int) -> None:
+        chan.send(InstanceExited(instance_id, pid, status))
+
     while True:
         for fd, _events in poller.poll():
             if fd == wakeup.r:
                 wakeup.drain()
-                _reap(children, chan)
+                reap(children, report_exit)
                 continue
             got = chan.recv()
             if got is None:  # the server is gone or stopped us
@@ -220,7 +226,7 @@ def _function_zygote(
                 os._exit(0)
             if pid_or_chan > 0:
                 children[pid_or_chan] = msg.instance_id
-        _reap(children, chan)
+        reap(children, report_exit)
 
 
 def _kill(pid: int) -> None:
