@@ -87,9 +87,11 @@ class Claimed(_Msg):
 
 
 class Spawn(_Msg):
-    """Fork an instance. fds: the instance cgroup's join files."""
+    """Fork an instance, and hand it `first` (an encoded Invoke) to run at once.
+    fds: the instance cgroup's join files."""
 
     instance_id: int
+    first: bytes = b""
 
 
 class Spawned(_Msg):
@@ -262,8 +264,12 @@ class BlockingChannel:
                 os.close(memfd)
 
     def recv(self) -> tuple[bytes, list[int]] | None:
-        """One frame and its descriptors; None at EOF."""
-        n, anc, flags, _ = self.sock.recvmsg_into([self._view], _CMSG_SPACE, RECV_FLAGS)
+        """One frame and its descriptors; None at EOF (or a reset: a peer that
+        closed with a message of ours unread)."""
+        try:
+            n, anc, flags, _ = self.sock.recvmsg_into([self._view], _CMSG_SPACE, RECV_FLAGS)
+        except ConnectionResetError:
+            return None
         fds = parse_fds(anc)
         if n == 0 and not fds:
             return None

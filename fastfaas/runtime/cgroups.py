@@ -403,6 +403,12 @@ class Cgroups:
             return 0
         return _native.read_keyed_i64(cg.oom_fd, b"oom_kill")
 
+    def task_count(self, cg: CgroupSet) -> int:
+        """Tasks charged to the cgroup, exited-but-unreaped ones included."""
+        if cg.pids_fd >= 0:
+            return _native.read_i64(cg.pids_fd)
+        return len(self.pids(cg))
+
     def pids(self, cg: CgroupSet) -> list[int]:
         d = cg.dir_for("pids") or cg.dir_for("memory")
         if d is None:

@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import trio
@@ -121,6 +121,7 @@ class Runtime:
         self._spawn_ids = itertools.count(1)
         self._instance_names = itertools.count(1)
         self._rid = uuid.uuid4().hex[:6]
+        self._request_ids = RequestIds()
         self._pool: collections.deque[ZygoteHandle] = collections.deque()
         self._pool_forking = 0
         self._pool_lot = trio.lowlevel.ParkingLot()
@@ -356,35 +357,48 @@ class Runtime:
         self._check_open()
         fv = self._lookup(name, version)
         raw = _event_bytes(event, payload)
-        request_id = str(uuid.uuid4())
+        request_id = self._request_ids.next()
         fv.in_flight += 1
         fv.last_used = trio.current_time()
+        start = "warm"
         try:
             got = self.table.acquire(fv.slot)
             if got is not None:
                 inst = fv.instances[got[0]]
                 if got[1] == _native.KIND_SPARE:
                     start = "prewarmed"
-                    self._want_spares(fv)
-                else:
-                    start = "warm"
+                invocation = self._invocation(fv, raw, request_id)
+                cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup is not None else 0
+                sent = False
             else:
-                started = await self._start_instance(fv, request_id)
+                started = await self._start_instance(fv, raw, request_id)
                 if isinstance(started, InvocationResult):
                     return started
-                start, inst = started
+                start, inst, invocation = started
                 self.table.set_state(inst.table_id, _native.STATE_BUSY)
+                cpu_base = inst.cpu_base
+                sent = True  # the zygote handed the event to the instance at its fork
             self.counters[start] += 1
-            return await self._run(fv, inst, start, raw, request_id)
+            return await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
         finally:
             fv.in_flight -= 1
             fv.last_used = trio.current_time()
+            if start != "warm":  # replace the spare taken, after this call, not during it
+                self._want_spares(fv)
             if fv.retired:
                 self._maybe_finish_draining(fv)
 
+    def _invocation(self, fv: FunctionVersion, raw: bytes, request_id: str) -> Invocation:
+        """The encoded Invoke message and its deadline (monotonic and trio clocks)."""
+        timeout = fv.config.timeout_s
+        deadline = trio.current_time() + timeout
+        data = wire.encoder.encode(wire.Invoke(request_id, raw, time.monotonic() + timeout))
+        return Invocation(data, deadline)
+
     async def _start_instance(
-        self, fv: FunctionVersion, request_id: str
-    ) -> tuple[str, InstanceHandle] | InvocationResult:
+        self, fv: FunctionVersion, raw: bytes, request_id: str
+    ) -> tuple[str, InstanceHandle, Invocation] | InvocationResult:
+        """An instance forked with the invocation already in its hands (its deadline runs)."""
         start = "forked"
         for _attempt in range(3):
             z = fv.zygote
@@ -394,9 +408,10 @@ class Runtime:
                     return _error_result(claimed, "claimed", request_id, fv.init_log)
                 start = claimed
                 continue
-            inst = await self._spawn(fv, z)
+            invocation = self._invocation(fv, raw, request_id)
+            inst = await self._spawn(fv, z, invocation.data)
             if inst is not None:
-                return start, inst
+                return start, inst, invocation
         raise ZygoteError(f"function {fv.name}: its zygote keeps dying while forking instances")
 
     async def _claim(self, fv: FunctionVersion) -> str | FunctionError:
@@ -416,7 +431,6 @@ class Runtime:
                 return result
             fv.zygote = z
             self.counters["claims"] += 1
-            self._want_spares(fv)
             return kind
         finally:
             fv.claiming.set()
@@ -433,6 +447,7 @@ class Runtime:
 
     async def _fork_generic(self) -> ZygoteHandle:
         z = await self.template.fork_zygote()
+        z.on_instance_exit = self._instance_exited
         self._all_zygotes.add(z)
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_zygote, z)
@@ -504,8 +519,10 @@ class Runtime:
             limits.append((resource.RLIMIT_DATA, data, data))
         return limits
 
-    async def _spawn(self, fv: FunctionVersion, z: ZygoteHandle) -> InstanceHandle | None:
-        """Fork one instance (state SPAWNING); None if the zygote is gone."""
+    async def _spawn(self, fv: FunctionVersion, z: ZygoteHandle,
+                     first: bytes = b"") -> InstanceHandle | None:
+        """Fork one instance (state SPAWNING), handing it `first` (an encoded
+        Invoke) to run at once; None if the zygote is gone."""
         tid = self.table.add(fv.slot)
         cg = self._take_cgroup(fv.config.memory_mb)
         spawn_id = next(self._spawn_ids)
@@ -513,7 +530,10 @@ class Runtime:
         fv.instances[tid] = inst
         z.instances[spawn_id] = inst
         try:
-            got = await z.spawn(spawn_id, cg.join_fds if cg else [])
+            if cg is not None:
+                cg.oom_seen = self.cgroups.oom_kills(cg)
+                inst.cpu_base = self.cgroups.begin(cg)
+            got = await z.spawn(spawn_id, cg.join_fds if cg else [], first)
         except BaseException:
             self._retire(inst)
             raise
@@ -526,23 +546,21 @@ class Runtime:
             raise ZygoteError(f"function {fv.name}: {msg.message}")
         inst.proc = Process(msg.pid, fds[1])
         inst.chan = AsyncChannel(socket.socket(fileno=fds[0]))
-        if cg is not None:
-            cg.oom_seen = self.cgroups.oom_kills(cg)
         self.counters["spawns"] += 1
         return inst
 
-    async def _run(self, fv: FunctionVersion, inst: InstanceHandle, start: str, raw: bytes,
-                   request_id: str) -> InvocationResult:
+    async def _run(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                   request_id: str, invocation: Invocation, cpu_base: int,
+                   sent: bool) -> InvocationResult:
         assert inst.chan is not None
         timeout = fv.config.timeout_s
         cg = inst.cgroup
         with trio.CancelScope(shield=True):
-            cpu_base = self.cgroups.begin(cg) if cg is not None else 0
-            data = wire.encoder.encode(wire.Invoke(request_id, raw, time.monotonic() + timeout))
             got: tuple[bytes, list[int]] | None = None
-            with trio.move_on_after(timeout) as deadline:
+            with trio.move_on_at(invocation.deadline) as deadline:
                 try:
-                    await inst.chan.send_bytes(data, [])
+                    if not sent:
+                        await inst.chan.send_bytes(invocation.data, [])
                     got = await inst.chan.recv()
                 except (OSError, wire.FrameError):
                     got = None
@@ -656,10 +674,20 @@ class Runtime:
         if inst.fv.retired:
             self._maybe_finish_draining(inst.fv)
 
+    def _instance_exited(self, inst: InstanceHandle) -> None:
+        """An instance died while idle (killed from outside, or its own thread's doing):
+        never hand it out, and keep the spares up."""
+        if inst.table_id >= 0 and self.table.state(inst.table_id) == _native.STATE_IDLE:
+            self._retire(inst)
+            self._want_spares(inst.fv)
+
     async def _reclaim(self, proc: Process | None, cg: CgroupSet | None, tid: int) -> None:
         try:
             if proc is not None:
                 with trio.move_on_after(10):
+                    # Reaped by its zygote, not only exited: until then it still
+                    # counts in its cgroup's pids.current.
+                    await proc.exited.wait()
                     await proc.wait_gone()
                 self._reclaiming.discard(proc)
                 proc.close()
@@ -676,7 +704,7 @@ class Runtime:
         """Kill what is left in a dead instance's cgroup; True when it is empty again."""
         for _ in range(100):
             pids = self.cgroups.pids(cg)
-            if not pids:
+            if not pids and self.cgroups.task_count(cg) == 0:
                 self.cgroups.force_empty(cg)
                 cg.oom_seen = self.cgroups.oom_kills(cg)
                 return True
@@ -875,6 +903,30 @@ class Runtime:
         for fv in [*self._functions.values(), *self._draining]:
             out += [i.proc.pid for i in fv.instances.values() if i.proc is not None]
         return out
+
+
+class Invocation(NamedTuple):
+    data: bytes  # the encoded wire.Invoke
+    deadline: float  # trio clock
+
+
+class RequestIds:
+    """UUID4 request ids from random bytes read 4 KB at a time (no syscall per call)."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> str:
+        if self._pos + 16 > len(self._pool):
+            self._pool = os.urandom(4096)
+            self._pos = 0
+        b = bytearray(self._pool[self._pos : self._pos + 16])
+        self._pos += 16
+        b[6] = (b[6] & 0x0F) | 0x40
+        b[8] = (b[8] & 0x3F) | 0x80
+        h = b.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _retired(fv: FunctionVersion) -> bool:

@@ -120,6 +120,7 @@ class InstanceHandle:
     chan: AsyncChannel | None = None
     invocations: int = 0
     dead: bool = False
+    cpu_base: int = 0  # the cgroup CPU counter when it was forked with its first invocation
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -141,6 +142,7 @@ class ZygoteHandle:
     instances: dict[int, InstanceHandle] = field(default_factory=dict)
     dead: bool = False
     oom_killed: bool = False  # read from its memory cgroup once it is gone
+    on_instance_exit: Callable[[InstanceHandle], None] | None = None
     gone: trio.Event = field(default_factory=trio.Event)
 
     async def serve(self) -> None:
@@ -173,16 +175,22 @@ class ZygoteHandle:
             inst = self.instances.get(msg.instance_id)
             if inst is not None and inst.proc is not None:
                 inst.proc.set_exited(msg.status)
+                if self.on_instance_exit is not None:
+                    self.on_instance_exit(inst)
 
-    async def spawn(self, instance_id: int, join_fds: list[int]) -> tuple[Any, list[int]] | None:
-        """Ask for one instance: (Spawned or SpawnFailed, fds), or None if the zygote died."""
+    async def spawn(self, instance_id: int, join_fds: list[int],
+                    first: bytes = b"") -> tuple[Any, list[int]] | None:
+        """Ask for one instance: (Spawned or SpawnFailed, fds), or None if the zygote died.
+
+        `first`, an encoded Invoke, is handed to the instance at its fork: it
+        runs at once, without a round trip through the server."""
         if self.dead:
             return None
         event = trio.Event()
         box: list[Any] = []
         self.pending[instance_id] = (event, box)
         try:
-            await self.chan.send(wire.Spawn(instance_id), join_fds)
+            await self.chan.send(wire.Spawn(instance_id, first), join_fds)
         except OSError:
             self.pending.pop(instance_id, None)
             return None

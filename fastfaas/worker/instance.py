@@ -108,15 +108,19 @@ def serve(
     handler: Callable[..., Any],
     two_args: bool,
     info: FunctionInfo,
+    first: bytes = b"",
 ) -> None:
-    """The instance loop. Never returns."""
+    """The instance loop, starting with `first` if given. Never returns."""
     try:
         while True:
-            got = chan.recv()
-            if got is None:
-                break
-            data, fds = got
-            wire.close_all(fds)
+            if first:
+                data, first = first, b""
+            else:
+                got = chan.recv()
+                if got is None:
+                    break
+                data, fds = got
+                wire.close_all(fds)
             msg = wire.instance_in.decode(data)
             if isinstance(msg, Warmup):
                 # The invocation path once, with a no-op: faults in the pages it touches.

@@ -222,7 +222,7 @@ def _function_zygote(
                 # The child: the spawn closed the zygote's descriptors already.
                 chan.sock.detach()
                 signal.set_wakeup_fd(-1)
-                instance.serve(pid_or_chan, handler, two_args, info)
+                instance.serve(pid_or_chan, handler, two_args, info, msg.first)
                 os._exit(0)
             if pid_or_chan > 0:
                 children[pid_or_chan] = msg.instance_id

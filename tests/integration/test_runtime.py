@@ -339,3 +339,20 @@ def test_blocking_runtime_from_a_plain_thread(tmp_path, make_function: Callable[
         pids = rt.runtime.pids()
     assert sorted(seen)[0] == 1 and len(seen) == 3
     assert not [p for p in pids if alive(p)]
+
+
+async def test_an_idle_instance_killed_from_outside_is_never_handed_out(
+    runtime, make_function
+) -> None:
+    await runtime.deploy("victim", source=make_function(app=COUNTER), handler="app.handler")
+    first = await runtime.invoke("victim")
+    await wait_spare(runtime, "victim")
+    fv = runtime._functions["victim"]
+    warm = next(i for i in fv.instances.values() if i.instance_id == first.instance_id)
+    assert warm.proc is not None
+    os.kill(first.value()["pid"], 9)
+    await warm.proc.exited.wait()  # the zygote reported the exit
+    second = await runtime.invoke("victim")
+    assert second.ok, second.error
+    assert second.start == "prewarmed" and second.instance_id != first.instance_id
+    await wait_spare(runtime, "victim")  # and the spare taken is replaced
