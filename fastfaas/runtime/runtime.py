@@ -535,17 +535,21 @@ class Runtime:
                 inst.cpu_base = self.cgroups.begin(cg)
             got = await z.spawn(spawn_id, cg.join_fds if cg else [], first)
         except BaseException:
+            z.instances.pop(spawn_id, None)
             self._retire(inst)
             raise
-        if got is None:
+        if got is None or isinstance(got[0], wire.SpawnFailed):
+            z.instances.pop(spawn_id, None)  # no process: no exit report will come
             self._retire(inst)
+        if got is None:
             return None
         msg, fds = got
         if isinstance(msg, wire.SpawnFailed):
-            self._retire(inst)
             raise ZygoteError(f"function {fv.name}: {msg.message}")
         inst.proc = Process(msg.pid, fds[1])
         inst.chan = AsyncChannel(socket.socket(fileno=fds[0]))
+        if inst.early_status is not None:
+            inst.proc.set_exited(inst.early_status)
         self.counters["spawns"] += 1
         return inst
 
@@ -659,9 +663,7 @@ class Runtime:
             self.table.set_state(inst.table_id, _native.STATE_DEAD)
         inst.kill()
         inst.fv.instances.pop(inst.table_id, None)
-        for key, other in list(inst.zygote.instances.items()):
-            if other is inst:
-                del inst.zygote.instances[key]
+        # It stays in its zygote's instances until the zygote reports its exit.
         if inst.chan is not None:
             inst.chan.close()
         tid, inst.table_id = inst.table_id, -1
@@ -795,8 +797,11 @@ class Runtime:
         if fv is not None and fv.zygote is z:
             fv.zygote = None
         for inst in list(z.instances.values()):
+            if inst.proc is not None and not inst.proc.exited.is_set():
+                inst.proc.exited.set()  # no exit report will come: its zygote is gone
             if inst.table_id >= 0 and self.table.state(inst.table_id) == _native.STATE_IDLE:
                 self._retire(inst)
+        z.instances.clear()
         with trio.CancelScope(shield=True):
             if z.proc is not None:
                 z.proc.kill()

@@ -121,6 +121,7 @@ class InstanceHandle:
     invocations: int = 0
     dead: bool = False
     cpu_base: int = 0  # the cgroup CPU counter when it was forked with its first invocation
+    early_status: int | None = None  # an exit reported before the server had its pidfd
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -172,11 +173,16 @@ class ZygoteHandle:
             event.set()
         elif isinstance(msg, wire.InstanceExited):
             wire.close_all(fds)
-            inst = self.instances.get(msg.instance_id)
-            if inst is not None and inst.proc is not None:
-                inst.proc.set_exited(msg.status)
-                if self.on_instance_exit is not None:
-                    self.on_instance_exit(inst)
+            inst = self.instances.pop(msg.instance_id, None)
+            if inst is None:
+                return
+            if inst.proc is None:
+                # A forked instance can finish (or crash) before its Spawned is handled.
+                inst.early_status = msg.status
+                return
+            inst.proc.set_exited(msg.status)
+            if self.on_instance_exit is not None:
+                self.on_instance_exit(inst)
 
     async def spawn(self, instance_id: int, join_fds: list[int],
                     first: bytes = b"") -> tuple[Any, list[int]] | None:
