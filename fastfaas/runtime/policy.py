@@ -6,7 +6,10 @@ their own, so they are tested under trio's autojump clock.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable
+from typing import Any
 
 from fastfaas import _native
 
@@ -50,3 +53,56 @@ def spare_target(*, prewarm: int, spares: int) -> int:
 def pool_deficit(*, target: int, ready: int, forking: int) -> int:
     """How many generic zygotes the warming pool should fork now."""
     return max(0, target - ready - forking)
+
+
+class Deadline:
+    """One invocation's deadline in a Deadlines heap; set `done` when it finished."""
+
+    __slots__ = ("at", "done", "key", "seq")
+
+    def __init__(self, at: float, seq: int, key: Any) -> None:
+        self.at = at
+        self.seq = seq
+        self.key = key
+        self.done = False
+
+    def __lt__(self, other: Deadline) -> bool:
+        return (self.at, self.seq) < (other.at, other.seq)
+
+
+class Deadlines:
+    """Deadlines of invocations in flight: O(log n) to add, O(1) to finish
+    (finished entries are dropped lazily, when they reach the top)."""
+
+    def __init__(self) -> None:
+        self._heap: list[Deadline] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(1 for d in self._heap if not d.done)
+
+    def push(self, at: float, key: Any) -> Deadline:
+        entry = Deadline(at, next(self._seq), key)
+        heapq.heappush(self._heap, entry)
+        return entry
+
+    def _drop_done(self) -> None:
+        while self._heap and self._heap[0].done:
+            heapq.heappop(self._heap)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of an unfinished invocation."""
+        self._drop_done()
+        return self._heap[0].at if self._heap else None
+
+    def expired(self, now: float) -> list[Any]:
+        """Keys of unfinished invocations whose deadline is <= now (removed)."""
+        out = []
+        self._drop_done()
+        while self._heap and self._heap[0].at <= now:
+            entry = heapq.heappop(self._heap)
+            if not entry.done:
+                entry.done = True
+                out.append(entry.key)
+            self._drop_done()
+        return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import math
 import os
 import resource
 import socket
@@ -40,6 +41,7 @@ from fastfaas.runtime import code as code_bundles
 from fastfaas.runtime import policy
 from fastfaas.runtime.cgroups import Cgroups, CgroupSet
 from fastfaas.runtime.channel import AsyncChannel
+from fastfaas.runtime.policy import Deadline
 from fastfaas.runtime.results import FunctionError, InvocationResult, Usage
 from fastfaas.runtime.supervisor import (
     InstanceHandle,
@@ -93,6 +95,9 @@ class Runtime:
         warm_pool_size: generic zygotes forked ahead of need.
         spares: spare instances each function zygote keeps forked and ready.
         cgroup_pool_size: instance cgroups created ahead of need.
+        spin_us: how long to poll for a reply before sleeping, while no other
+            task is runnable (0: never): a short handler's result then does
+            not wait for an idle CPU to wake.
         python: the interpreter for the template zygote.
     """
 
@@ -104,6 +109,7 @@ class Runtime:
         warm_pool_size: int = 2,
         spares: int = 1,
         cgroup_pool_size: int = 4,
+        spin_us: int = 100,
         python: str = sys.executable,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
@@ -113,6 +119,7 @@ class Runtime:
         self.warm_pool_size = warm_pool_size
         self.spares = spares
         self.cgroup_pool_size = cgroup_pool_size
+        self.spin_ns = spin_us * 1000
         self.template = Template(python, cwd="/")
         self.table = _native.InstanceTable()
         self._functions: dict[str, FunctionVersion] = {}
@@ -128,6 +135,9 @@ class Runtime:
         self._cg_free: list[CgroupSet] = []
         self._cg_lot = trio.lowlevel.ParkingLot()
         self._reap_lot = trio.lowlevel.ParkingLot()
+        self._deadlines = policy.Deadlines()
+        self._deadline_lot = trio.lowlevel.ParkingLot()
+        self._watching_until = math.inf
         self._all_zygotes: set[ZygoteHandle] = set()
         self._reclaiming: set[Process] = set()
         self._nursery_cm: Any = None
@@ -159,6 +169,7 @@ class Runtime:
             self._nursery.start_soon(self._fill_warming_pool)
             self._nursery.start_soon(self._fill_cgroup_pool)
             self._nursery.start_soon(self._reap_idle)
+            self._nursery.start_soon(self._watch_deadlines)
         except BaseException as exc:
             await self._shutdown()
             await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
@@ -172,9 +183,18 @@ class Runtime:
         try:
             await self._shutdown()
         finally:
-            handled = await self._nursery_cm.__aexit__(exc_type, exc, tb)
-            with trio.CancelScope(shield=True):
-                await self._finish_shutdown()
+            try:
+                handled = await self._nursery_cm.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as group:
+                # The nursery is ours, not the caller's: an exception from the
+                # body of `async with` (Ctrl-C, say) comes out as itself.
+                if exc is not None and all(leaf is exc for leaf in _leaves(group)):
+                    handled = False
+                else:
+                    raise
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._finish_shutdown()
         return handled  # type: ignore[no-any-return]
 
     def _known_procs(self) -> list[Process]:
@@ -556,47 +576,76 @@ class Runtime:
     async def _run(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
                    request_id: str, invocation: Invocation, cpu_base: int,
                    sent: bool) -> InvocationResult:
+        """Hand the invocation to the instance and turn its answer into a result.
+
+        No cancel scope on this path (each costs microseconds): the deadline
+        is enforced by the deadline watcher, which kills the instance, and a
+        caller cancelled meanwhile leaves the invocation to finish in the
+        background (_finish_abandoned).
+        """
         assert inst.chan is not None
-        timeout = fv.config.timeout_s
-        cg = inst.cgroup
-        with trio.CancelScope(shield=True):
-            got: tuple[bytes, list[int]] | None = None
-            with trio.move_on_at(invocation.deadline) as deadline:
-                try:
-                    if not sent:
-                        await inst.chan.send_bytes(invocation.data, [])
-                    got = await inst.chan.recv()
-                except (OSError, wire.FrameError):
-                    got = None
-            inst.invocations += 1
-            if deadline.cancelled_caught:
+        entry = self._deadlines.push(invocation.deadline, inst)
+        if invocation.deadline < self._watching_until:
+            self._deadline_lot.unpark_all()
+        try:
+            try:
+                if not sent:
+                    await inst.chan.send_bytes(invocation.data, [])
+                got = await inst.chan.recv(self.spin_ns)
+            except (OSError, wire.FrameError):
+                got = None
+        except trio.Cancelled:
+            if self._nursery is not None and not self._closing:
+                self._nursery.start_soon(self._finish_abandoned, inst, entry, cpu_base)
+            else:
+                entry.done = True
                 self._retire(inst)
-                self.counters["timeouts"] += 1
-                return _error_result(
-                    FunctionError(errors.TIMEOUT, "Timeout",
-                                  f"Task timed out after {timeout:.2f} seconds"),
-                    start, request_id, instance_id=inst.instance_id, duration_us=int(timeout * 1e6))
-            result: wire.Result | None = None
+            raise
+        entry.done = True
+        return await self._finish(fv, inst, start, request_id, got, cpu_base)
+
+    async def _finish(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                      request_id: str, got: tuple[bytes, list[int]] | None,
+                      cpu_base: int) -> InvocationResult:
+        """The answer as an InvocationResult; the instance back to its stack or retired.
+
+        Awaits (shielded) only when the instance died or left processes behind.
+        """
+        inst.invocations += 1
+        if inst.timed_out:
             if got is not None:
                 wire.close_all(got[1])
-                try:
-                    result = wire.instance_out.decode(got[0])
-                except msgspec.DecodeError:
-                    result = None
-            if result is None:
-                return await self._instance_died(inst, start, request_id)
-            if cg is not None:
-                peak, cpu_ns, tasks = self.cgroups.end(cg, cpu_base)
-                if tasks > 1:
+            self._retire(inst)
+            self.counters["timeouts"] += 1
+            timeout = fv.config.timeout_s
+            return _error_result(
+                FunctionError(errors.TIMEOUT, "Timeout",
+                              f"Task timed out after {timeout:.2f} seconds"),
+                start, request_id, instance_id=inst.instance_id, duration_us=int(timeout * 1e6))
+        result: wire.Result | None = None
+        if got is not None:
+            wire.close_all(got[1])
+            try:
+                result = wire.instance_out.decode(got[0])
+            except msgspec.DecodeError:
+                result = None
+        if result is None:
+            with trio.CancelScope(shield=True):
+                died = await self._instance_died(inst, start, request_id)
+            return died
+        cg = inst.cgroup
+        if cg is not None:
+            peak, cpu_ns, tasks = self.cgroups.end(cg, cpu_base)
+            if tasks > 1:
+                with trio.CancelScope(shield=True):
                     await self._kill_leftovers(inst)
-            else:
-                peak, cpu_ns = result.max_rss_kb * 1024, result.cpu_ns
-            if fv.retired or inst.dead:
-                self._retire(inst)
-            else:
-                self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM,
-                                     trio.current_time())
-        assert result is not None
+        else:
+            peak, cpu_ns = result.max_rss_kb * 1024, result.cpu_ns
+        if fv.retired or inst.dead:
+            self._retire(inst)
+        else:
+            self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM,
+                                 trio.current_time())
         error = None
         if not result.ok:
             kind = errors.RESULT_TOO_LARGE if result.too_large else errors.UNHANDLED
@@ -608,6 +657,33 @@ class Runtime:
         return InvocationResult(payload, error, start, inst.instance_id, request_id,
                                 result.duration_ns // 1000, Usage(peak, cpu_ns // 1000),
                                 result.log_tail)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _finish_abandoned(self, inst: InstanceHandle, entry: Deadline,
+                                cpu_base: int) -> None:
+        """The caller was cancelled: let the invocation run to its end, drop its result."""
+        assert inst.chan is not None
+        with trio.CancelScope(shield=True):
+            try:
+                got = await inst.chan.recv()
+            except (OSError, wire.FrameError):
+                got = None
+            entry.done = True
+            self.counters["abandoned"] += 1
+            await self._finish(inst.fv, inst, "abandoned", "", got, cpu_base)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _watch_deadlines(self) -> None:
+        """Kill instances whose invocation passed its deadline (their recv then sees EOF)."""
+        while True:
+            nxt = self._deadlines.next_deadline()
+            self._watching_until = nxt if nxt is not None else math.inf
+            with trio.move_on_at(self._watching_until):
+                await self._deadline_lot.park()
+                continue  # an earlier deadline arrived: look again
+            for inst in self._deadlines.expired(trio.current_time()):
+                inst.timed_out = True
+                inst.kill()
 
     async def _instance_died(self, inst: InstanceHandle, start: str,
                              request_id: str) -> InvocationResult:
@@ -683,6 +759,7 @@ class Runtime:
             self._retire(inst)
             self._want_spares(inst.fv)
 
+    @trio.lowlevel.enable_ki_protection
     async def _reclaim(self, proc: Process | None, cg: CgroupSet | None, tid: int) -> None:
         try:
             if proc is not None:
@@ -724,6 +801,7 @@ class Runtime:
         fv.spare_task = True
         self._nursery.start_soon(self._keep_spares, fv)
 
+    @trio.lowlevel.enable_ki_protection
     async def _keep_spares(self, fv: FunctionVersion) -> None:
         try:
             target = policy.spare_target(prewarm=fv.config.prewarm, spares=self.spares)
@@ -767,6 +845,7 @@ class Runtime:
             return got is not None
         return False
 
+    @trio.lowlevel.enable_ki_protection
     async def _fill_warming_pool(self) -> None:
         while True:
             need = policy.pool_deficit(target=self.warm_pool_size, ready=len(self._pool),
@@ -784,6 +863,7 @@ class Runtime:
                 self._pool_forking -= 1
             self._pool.append(z)
 
+    @trio.lowlevel.enable_ki_protection
     async def _watch_zygote(self, z: ZygoteHandle) -> None:
         """Serve a zygote's messages; when it is gone, clean up after it."""
         await z.serve()
@@ -828,6 +908,7 @@ class Runtime:
         self.cgroups.size_instance(cg, memory_mb)
         return cg
 
+    @trio.lowlevel.enable_ki_protection
     async def _fill_cgroup_pool(self) -> None:
         if not self.cgroups.enabled:
             return
@@ -838,6 +919,7 @@ class Runtime:
             cg = await trio.to_thread.run_sync(self.cgroups.new_instance)
             self._cg_free.append(cg)
 
+    @trio.lowlevel.enable_ki_protection
     async def _reap_idle(self) -> None:
         while True:
             versions = [*self._functions.values(), *self._draining]
@@ -908,6 +990,13 @@ class Runtime:
         for fv in [*self._functions.values(), *self._draining]:
             out += [i.proc.pid for i in fv.instances.values() if i.proc is not None]
         return out
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 class Invocation(NamedTuple):

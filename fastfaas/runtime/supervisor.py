@@ -122,6 +122,7 @@ class InstanceHandle:
     dead: bool = False
     cpu_base: int = 0  # the cgroup CPU counter when it was forked with its first invocation
     early_status: int | None = None  # an exit reported before the server had its pidfd
+    timed_out: bool = False  # killed by the deadline watcher
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -255,6 +256,7 @@ class Template:
         self._liveness_w = live_w
         self.chan = AsyncChannel(server_end)
 
+    @trio.lowlevel.enable_ki_protection
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read the template's messages; started() once it said it is ready."""
         assert self.chan is not None

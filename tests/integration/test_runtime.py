@@ -359,3 +359,29 @@ async def test_an_idle_instance_killed_from_outside_is_never_handed_out(
     assert second.ok, second.error
     assert second.start == "prewarmed" and second.instance_id != first.instance_id
     await wait_spare(runtime, "victim")  # and the spare taken is replaced
+
+
+async def test_a_cancelled_caller_leaves_its_invocation_to_finish(
+    runtime, make_function, tmp_path
+) -> None:
+    await runtime.deploy("gated", source=make_function(app=GATED), handler="app.handler")
+    async with open_gate(tmp_path) as gate:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(runtime.invoke, "gated", {"gate": gate.path})
+                await gate.wait_arrivals(1)
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert runtime.statistics()["functions"]["gated"]["in_flight"] == 0  # the caller left
+        await gate.release()
+        while runtime.counters["abandoned"] == 0:
+            await trio.sleep(0)  # a checkpoint: the background finisher runs
+        nursery_results: list[fastfaas.InvocationResult] = []
+        async with trio.open_nursery() as nursery:
+            async def again() -> None:
+                nursery_results.append(await runtime.invoke("gated", {"gate": gate.path}))
+            nursery.start_soon(again)
+            await gate.wait_arrivals(1)
+            await gate.release()
+    (result,) = nursery_results
+    assert result.ok and result.start == "warm"  # the abandoned call's instance, reused

@@ -52,3 +52,52 @@ async def test_instances_expire_after_their_idle_timeout(
     assert id_first == first and id_second == second
     assert 30 <= t_first <= 30 + policy.MAX_TICK_S
     assert 60 <= t_second <= 60 + policy.MAX_TICK_S
+
+
+def test_deadlines_expire_in_order_and_finished_ones_never() -> None:
+    d = policy.Deadlines()
+    a = d.push(5.0, "a")
+    d.push(3.0, "b")
+    c = d.push(4.0, "c")
+    assert d.next_deadline() == 3.0
+    c.done = True
+    assert d.expired(4.5) == ["b"]
+    assert d.next_deadline() == 5.0
+    assert d.expired(4.9) == []
+    a.done = True
+    assert d.next_deadline() is None
+    assert d.expired(100.0) == []
+    assert len(d) == 0
+
+
+async def test_a_deadline_watcher_fires_at_each_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The watcher loop of the Runtime, on its own: park until the earliest
+    deadline, wake early when an earlier one arrives."""
+    d = policy.Deadlines()
+    lot = trio.lowlevel.ParkingLot()
+    fired: list[tuple[str, float]] = []
+    start = trio.current_time()
+
+    async def watch() -> None:
+        while True:
+            nxt = d.next_deadline()
+            with trio.move_on_at(nxt if nxt is not None else float("inf")):
+                await lot.park()
+                continue
+            fired.extend((k, trio.current_time() - start) for k in d.expired(trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        d.push(start + 10, "slow")
+        lot.unpark_all()
+        await trio.sleep(1)
+        d.push(start + 3, "fast")  # earlier than what the watcher sleeps for
+        lot.unpark_all()
+        done = d.push(start + 5, "finished in time")
+        await trio.sleep(3)  # t = 4: finished before its deadline at 5
+        done.done = True
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert fired == [("fast", 3.0), ("slow", 10.0)]
