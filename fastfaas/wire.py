@@ -247,9 +247,11 @@ RECV_FLAGS: Final = socket.MSG_CMSG_CLOEXEC
 class BlockingChannel:
     """A SOCK_SEQPACKET socket in a zygote or instance (blocking, one thread)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, buffer: bytearray | None = None) -> None:
         self.sock = sock
-        self._buf = bytearray(INLINE_MAX + 1)
+        # A forked instance reuses a buffer its zygote allocated: copy-on-write
+        # then costs only the pages a message touches.
+        self._buf = buffer if buffer is not None else bytearray(INLINE_MAX + 1)
         self._view = memoryview(self._buf)
 
     def fileno(self) -> int:
