@@ -88,14 +88,14 @@ class Claimed(_Msg):
 
 class Spawn(_Msg):
     """Fork an instance, and hand it `first` (an encoded Invoke) to run at once.
-    fds: the instance cgroup's join files."""
+    fds: [the instance's end of its socket to the server, *the cgroup join files]"""
 
     instance_id: int
     first: bytes = b""
 
 
 class Spawned(_Msg):
-    """fds: [the server's end of the instance's socket, pidfd of the instance]"""
+    """fds: [pidfd of the instance]"""
 
     instance_id: int
     pid: int

@@ -123,6 +123,8 @@ class InstanceHandle:
     cpu_base: int = 0  # the cgroup CPU counter when it was forked with its first invocation
     early_status: int | None = None  # an exit reported before the server had its pidfd
     timed_out: bool = False  # killed by the deadline watcher
+    spawned: trio.Event = field(default_factory=trio.Event)  # its pid and pidfd arrived
+    spawn_error: str = ""  # the zygote could not fork it
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -140,7 +142,6 @@ class ZygoteHandle:
     fv: Any = None
     claimed: wire.Claimed | None = None
     claim_done: trio.Event = field(default_factory=trio.Event)
-    pending: dict[int, tuple[trio.Event, list[Any]]] = field(default_factory=dict)
     instances: dict[int, InstanceHandle] = field(default_factory=dict)
     dead: bool = False
     oom_killed: bool = False  # read from its memory cgroup once it is gone
@@ -154,24 +155,33 @@ class ZygoteHandle:
         finally:
             self.dead = True
             self.claim_done.set()
-            for event, box in self.pending.values():
-                box.append(None)
-                event.set()
-            self.pending.clear()
+            for inst in self.instances.values():
+                if not inst.spawned.is_set():
+                    inst.spawn_error = "its zygote exited"
+                    inst.spawned.set()
 
     def _dispatch(self, msg: Any, fds: list[int]) -> None:
         if isinstance(msg, wire.Claimed):
             wire.close_all(fds)
             self.claimed = msg
             self.claim_done.set()
-        elif isinstance(msg, wire.Spawned | wire.SpawnFailed):
-            waiter = self.pending.pop(msg.instance_id, None)
-            if waiter is None or (isinstance(msg, wire.Spawned) and len(fds) != 2):
+        elif isinstance(msg, wire.Spawned):
+            inst = self.instances.get(msg.instance_id)
+            if inst is None or inst.proc is not None or len(fds) != 1:
                 wire.close_all(fds)
                 return
-            event, box = waiter
-            box.append((msg, fds))
-            event.set()
+            inst.proc = Process(msg.pid, fds[0])
+            if inst.early_status is not None:
+                inst.proc.set_exited(inst.early_status)
+            elif inst.dead or inst.timed_out:
+                inst.proc.kill()  # retired (or past its deadline) before its pidfd came
+            inst.spawned.set()
+        elif isinstance(msg, wire.SpawnFailed):
+            wire.close_all(fds)
+            inst = self.instances.pop(msg.instance_id, None)
+            if inst is not None:
+                inst.spawn_error = msg.message
+                inst.spawned.set()
         elif isinstance(msg, wire.InstanceExited):
             wire.close_all(fds)
             inst = self.instances.pop(msg.instance_id, None)
@@ -185,24 +195,20 @@ class ZygoteHandle:
             if self.on_instance_exit is not None:
                 self.on_instance_exit(inst)
 
-    async def spawn(self, instance_id: int, join_fds: list[int],
-                    first: bytes = b"") -> tuple[Any, list[int]] | None:
-        """Ask for one instance: (Spawned or SpawnFailed, fds), or None if the zygote died.
+    async def spawn(self, instance_id: int, child_fd: int, join_fds: list[int],
+                    first: bytes = b"") -> bool:
+        """Ask the zygote to fork an instance on `child_fd`; False if the zygote is gone.
 
-        `first`, an encoded Invoke, is handed to the instance at its fork: it
-        runs at once, without a round trip through the server."""
+        Its pid and pidfd arrive later (the instance's `spawned` event). `first`,
+        an encoded Invoke, is handed to the instance at its fork: it runs at
+        once, without a round trip through the server."""
         if self.dead:
-            return None
-        event = trio.Event()
-        box: list[Any] = []
-        self.pending[instance_id] = (event, box)
+            return False
         try:
-            await self.chan.send(wire.Spawn(instance_id, first), join_fds)
+            await self.chan.send(wire.Spawn(instance_id, first), [child_fd, *join_fds])
         except OSError:
-            self.pending.pop(instance_id, None)
-            return None
-        await event.wait()
-        return box[0] if box else None
+            return False
+        return True
 
     def stop(self) -> None:
         self.dead = True

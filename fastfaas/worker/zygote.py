@@ -256,10 +256,10 @@ def _function_zygote(
                 os._exit(0)
             data, fds = got
             msg = wire.zygote_in.decode(data)
-            if not isinstance(msg, Spawn):
+            if not isinstance(msg, Spawn) or not fds:
                 wire.close_all(fds)
                 continue
-            pid_or_chan = _spawn(chan, msg, fds, own, devnull, rlimits)
+            pid_or_chan = _spawn(chan, msg, fds[0], fds[1:], own, devnull, rlimits)
             if isinstance(pid_or_chan, wire.BlockingChannel):
                 # The child: the spawn closed the zygote's descriptors already.
                 fork_hook.restore()
@@ -280,20 +280,26 @@ def _kill(pid: int) -> None:
 def _spawn(
     chan: wire.BlockingChannel,
     msg: Spawn,
+    child_fd: int,
     join_fds: list[int],
     own: list[int],
     devnull: int,
     rlimits: list[Any],
 ) -> int | wire.BlockingChannel:
-    """Fork one instance. In the child: its channel. In the parent: its pid (0 on failure)."""
-    server_end, child_end = wire.new_seqpacket_pair()
+    """Fork one instance on the socket the server made for it.
+
+    In the child: its channel. In the parent: its pid (0 on failure). The
+    server holds the other end already, so the child's first result does not
+    wait for this process's own (copy-on-write-faulting) report of the fork.
+    """
+    child_end = socket.socket(fileno=child_fd)
     capture = os.memfd_create("fastfaas-log", os.MFD_CLOEXEC)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     try:
         pid = _native.spawn(
             join_fds,
-            [*own, server_end.fileno(), capture, *join_fds],
+            [*own, capture, *join_fds],
             (devnull, capture, capture),
             rlimits,
             new_session=True,
@@ -304,18 +310,16 @@ def _spawn(
         chan.send(SpawnFailed(msg.instance_id, exc.errno or 0, exc.step, str(exc)))
         pid = -1
     if pid == 0:
-        server_end.detach()
         return wire.BlockingChannel(child_end, _INSTANCE_BUFFER)
     try:
+        child_end.close()
         if pid > 0:
             pidfd = os.pidfd_open(pid)
             try:
-                chan.send(Spawned(msg.instance_id, pid), [server_end.fileno(), pidfd])
+                chan.send(Spawned(msg.instance_id, pid), [pidfd])
             finally:
                 os.close(pidfd)
     finally:
-        server_end.close()
-        child_end.close()
         os.close(capture)
         wire.close_all(join_fds)
     return max(pid, 0)
