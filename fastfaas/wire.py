@@ -75,6 +75,7 @@ class Claim(_Msg):
     memory_mb: int
     timeout_s: float
     rlimits: list[tuple[int, int, int]]
+    self_usage: bool = True  # no cgroups: the instance measures its own CPU and memory
 
 
 class Claimed(_Msg):

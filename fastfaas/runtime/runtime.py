@@ -491,6 +491,7 @@ class Runtime:
             memory_mb=cfg.memory_mb,
             timeout_s=cfg.timeout_s,
             rlimits=self._instance_rlimits(cfg),
+            self_usage=not self.cgroups.enabled,
         )
         try:
             await z.chan.send(claim, cg.join_fds if cg else [])

@@ -56,12 +56,15 @@ class LambdaContext:
 
 
 class FunctionInfo:
-    __slots__ = ("arn", "function_name", "memory_mb", "version")
+    __slots__ = ("arn", "function_name", "memory_mb", "self_usage", "version")
 
-    def __init__(self, function_name: str, version: str, memory_mb: int) -> None:
+    def __init__(self, function_name: str, version: str, memory_mb: int,
+                 self_usage: bool = True) -> None:
         self.function_name = function_name
         self.version = version
         self.memory_mb = memory_mb
+        # Measure CPU and peak memory in the instance (no cgroups to read them from).
+        self.self_usage = self_usage
         self.arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
 
 
@@ -145,7 +148,7 @@ def _exit_for(exc: SystemExit) -> None:
 
 
 def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: FunctionInfo) -> Result:
-    cpu0 = time.process_time_ns()
+    cpu0 = time.process_time_ns() if info.self_usage else 0
     t0 = time.perf_counter_ns()
     try:
         event = _json_decode(msg.payload)
@@ -164,8 +167,8 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
             error_type=error_type,
             error_message=message,
             duration_ns=duration,
-            cpu_ns=time.process_time_ns() - cpu0,
-            max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            cpu_ns=_cpu_since(cpu0, info),
+            max_rss_kb=_max_rss_kb(info),
             log_tail=_take_log_tail(),
         )
     duration = time.perf_counter_ns() - t0
@@ -202,7 +205,15 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
         error_type="ResultTooLarge" if too_large else "",
         error_message=message if too_large else "",
         duration_ns=duration,
-        cpu_ns=time.process_time_ns() - cpu0,
-        max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        cpu_ns=_cpu_since(cpu0, info),
+        max_rss_kb=_max_rss_kb(info),
         log_tail=_take_log_tail(),
     )
+
+
+def _cpu_since(cpu0: int, info: FunctionInfo) -> int:
+    return time.process_time_ns() - cpu0 if info.self_usage else 0
+
+
+def _max_rss_kb(info: FunctionInfo) -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if info.self_usage else 0

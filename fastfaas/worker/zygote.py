@@ -229,7 +229,8 @@ def _function_zygote(
 ) -> None:
     from fastfaas.worker import instance
 
-    info = instance.FunctionInfo(claim.function_name, claim.version, claim.memory_mb)
+    info = instance.FunctionInfo(claim.function_name, claim.version, claim.memory_mb,
+                                 claim.self_usage)
     fork_hook = ThreadingForkHook()
     rlimits = [tuple(r) for r in claim.rlimits]
     wakeup = SignalWakeup(signal.SIGCHLD)
