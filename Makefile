@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml setup.py constraints.txt $(wildcard csrc/*.c csrc/*.h csrc/*.pyx csrc/*.pxd)
-	$(PIP) install -q -c constraints.txt setuptools wheel Cython
+	$(PIP) install -q -U -c constraints.txt setuptools wheel Cython
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 

@@ -385,3 +385,22 @@ async def test_a_cancelled_caller_leaves_its_invocation_to_finish(
             await gate.release()
     (result,) = nursery_results
     assert result.ok and result.start == "warm"  # the abandoned call's instance, reused
+
+
+async def test_update_config_starts_a_new_zygote_only_when_it_must(runtime, make_function) -> None:
+    await runtime.deploy("cfg", source=make_function(app=COUNTER), handler="app.handler")
+    first = await runtime.invoke("cfg")
+    zygote = runtime.describe("cfg")["state"]["zygote"]
+    info = await runtime.update_config("cfg", description="same code, same zygote")
+    assert info["config"]["description"] == "same code, same zygote"
+    assert info["state"]["generation"] == 1
+    assert (await runtime.invoke("cfg")).value()["count"] == 2  # same warm instance
+    info = await runtime.update_config("cfg", memory_mb=256, env={"A": "1"})
+    assert info["state"]["generation"] > 1 and info["config"]["memory_mb"] == 256
+    after = await runtime.invoke("cfg")
+    assert after.start == "claimed" and after.value()["count"] == 1
+    assert runtime.describe("cfg")["state"]["zygote"]["pid"] != zygote["pid"]
+    await wait_exit(first.value()["pid"])  # the old version drained
+    with pytest.raises(fastfaas.errors.InvalidRequestError, match="memory_mb"):
+        await runtime.update_config("cfg", memory_mb=1)
+    assert runtime.describe("cfg")["config"]["memory_mb"] == 256
