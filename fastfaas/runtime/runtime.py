@@ -28,7 +28,7 @@ import msgspec
 import trio
 
 from fastfaas import _native, errors, wire
-from fastfaas.config import FunctionConfig, check_name
+from fastfaas.config import ZYGOTE_FIELDS, FunctionConfig, check_name
 from fastfaas.errors import (
     FunctionNotFoundError,
     InvalidRequestError,
@@ -49,6 +49,7 @@ from fastfaas.runtime.supervisor import (
     ZygoteHandle,
     describe_status,
 )
+from fastfaas.worker.template import EXIT_BOOT_FAILED
 
 LATEST = "$LATEST"
 EXIT_STATUS_WAIT_S = 2.0
@@ -119,7 +120,10 @@ class Runtime:
         self.spares = spares
         self.cgroup_pool_size = cgroup_pool_size
         self.spin_ns = spin_us * 1000
+        self.python = python
         self.template = Template(python, cwd="/")
+        self._template_up = trio.Event()
+        self._template_restarts: collections.deque[float] = collections.deque()
         self.table = _native.InstanceTable()
         self._functions: dict[str, FunctionVersion] = {}
         self._draining: set[FunctionVersion] = set()
@@ -160,11 +164,7 @@ class Runtime:
             await trio.to_thread.run_sync(self.cgroups.start)
             if not self.cgroups.enabled and self.cgroups.mode == "auto":
                 print(f"fastfaas: {self.cgroups.reason}", file=sys.stderr)
-            self.template.start()
-            if self.cgroups.enabled:
-                for root in self.cgroups.roots.values():
-                    (root / "cgroup.procs").write_text(str(self.template.pid))
-            await self._nursery.start(self.template.serve)
+            await self._nursery.start(self._keep_template)
             self._open = True
             self._nursery.start_soon(self._fill_warming_pool)
             self._nursery.start_soon(self._fill_cgroup_pool)
@@ -285,8 +285,7 @@ class Runtime:
         self._check_open()
         fv = self._lookup(name, LATEST)
         cfg = fv.config.replace(**changes)
-        if any(getattr(cfg, f) != getattr(fv.config, f) for f in
-               ("handler", "memory_mb", "timeout_s", "env", "isolation", "network")):
+        if any(getattr(cfg, f) != getattr(fv.config, f) for f in ZYGOTE_FIELDS):
             new = FunctionVersion(name, LATEST, cfg, fv.code_dir, fv.code_sha256,
                                   self.table.new_slot(), next(self._generations))
             self._functions[name] = new
@@ -373,13 +372,25 @@ class Runtime:
             FunctionNotFoundError, InvalidRequestError, RequestTooLargeError,
             RuntimeClosedError, ZygoteError.
 
-        Cancellation: once it has an instance, the invocation runs to its end
-        (bounded by the function's timeout) and cancellation takes effect then.
+        Cancellation: takes effect at once for the caller; an invocation
+        already handed to an instance runs to its end (or its timeout) in the
+        background, its result is dropped and the instance is reused.
         """
         self._check_open()
         fv = self._lookup(name, version)
         raw = _event_bytes(event, payload)
         request_id = self._request_ids.next()
+        for _attempt in range(3):
+            try:
+                return await self._invoke_once(fv, raw, request_id)
+            except _Retry:
+                # The event reached no handler (its instance or zygote was already
+                # dead): another instance gets it.
+                self.counters["retries"] += 1
+        raise ZygoteError(f"function {fv.name}: no live instance could take the invocation")
+
+    async def _invoke_once(self, fv: FunctionVersion, raw: bytes,
+                           request_id: str) -> InvocationResult:
         fv.in_flight += 1
         fv.last_used = trio.current_time()
         start = "warm"
@@ -434,6 +445,9 @@ class Runtime:
             inst = await self._spawn(fv, z, invocation.data)
             if inst is not None:
                 return start, inst, invocation
+            z.dead = True  # unreachable: claim another
+            if fv.zygote is z:
+                fv.zygote = None
         raise ZygoteError(f"function {fv.name}: its zygote keeps dying while forking instances")
 
     async def _claim(self, fv: FunctionVersion) -> str | FunctionError:
@@ -467,7 +481,62 @@ class Runtime:
         self._pool_lot.unpark_all()
         return await self._fork_generic(), "cold"
 
+    @trio.lowlevel.enable_ki_protection
+    async def _keep_template(self, task_status: trio.TaskStatus[None]) -> None:
+        """Run the template zygote; start a new one if it dies.
+
+        Its death takes every zygote and instance with it (parent-death
+        signals): their callers see Crashed, later calls claim anew. A
+        template that fails to boot (the reserved status), or dies five times
+        in a minute, is not restarted: claims then raise ZygoteError.
+        """
+        first = True
+        while True:
+            template = self.template if first else Template(self.python, cwd="/")
+            self.template = template
+            template.start()
+            if self.cgroups.enabled:
+                for root in self.cgroups.roots.values():
+                    (root / "cgroup.procs").write_text(str(template.pid))
+            try:
+                if first:
+                    await template.serve(task_status=task_status)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(template.serve)
+                        self._template_up.set()
+            except ZygoteError as exc:
+                if first:
+                    raise
+                print(f"fastfaas: the template zygote could not restart: {exc}", file=sys.stderr)
+                self._template_up.set()  # waiters see that it is not ready
+                return
+            finally:
+                template.close()
+            if first:
+                first = False
+            if self._closing:
+                return
+            self._template_up = trio.Event()
+            self._pool.clear()  # its generic zygotes died with it
+            now = trio.current_time()
+            self._template_restarts.append(now)
+            while self._template_restarts and now - self._template_restarts[0] > 60:
+                self._template_restarts.popleft()
+            code = await trio.to_thread.run_sync(template.wait_status)
+            if code == EXIT_BOOT_FAILED or len(self._template_restarts) > 5:
+                print(f"fastfaas: the template zygote exited ({code}); not restarting it",
+                      file=sys.stderr)
+                self._template_up.set()
+                return
+            print(f"fastfaas: the template zygote exited ({code}); restarting it",
+                  file=sys.stderr)
+            self.counters["template_restarts"] += 1
+
     async def _fork_generic(self) -> ZygoteHandle:
+        if not self.template.ready.is_set() or self.template.chan is None or (
+                self.template.chan.closed):
+            await self._template_up.wait()  # a restart is under way
         z = await self.template.fork_zygote()
         z.on_instance_exit = self._instance_exited
         self._all_zygotes.add(z)
@@ -496,8 +565,8 @@ class Runtime:
         try:
             await z.chan.send(claim, cg.join_fds if cg else [])
         except OSError:
-            z.stop()
-            return _init_error("the zygote exited before it could import the function")
+            z.stop()  # it died in the pool (its template did?): the import never ran
+            raise _Retry() from None
         with trio.move_on_after(cfg.init_timeout_s) as scope:
             await z.claim_done.wait()
         if scope.cancelled_caught:
@@ -588,9 +657,14 @@ class Runtime:
         if invocation.deadline < self._watching_until:
             self._deadline_lot.unpark_all()
         try:
-            try:
-                if not sent:
+            if not sent:
+                try:
                     await inst.chan.send_bytes(invocation.data, [])
+                except OSError:
+                    entry.done = True  # dead before it got the event: try another
+                    self._retire(inst)
+                    raise _Retry() from None
+            try:
                 got = await inst.chan.recv(self.spin_ns)
             except (OSError, wire.FrameError):
                 got = None
@@ -693,7 +767,7 @@ class Runtime:
                 await inst.proc.exited.wait()
         if inst.spawn_error:
             self._retire(inst)
-            raise ZygoteError(f"function {inst.fv.name}: {inst.spawn_error}")
+            raise _Retry()  # never forked: the event reached no handler
         proc = inst.proc
         oom = inst.cgroup is not None and self.cgroups.oom_kills(inst.cgroup) > inst.cgroup.oom_seen
         self._retire(inst)
@@ -870,8 +944,14 @@ class Runtime:
             try:
                 z = await self._fork_generic()
             except ZygoteError as exc:
-                print(f"fastfaas: cannot fill the warming pool: {exc}", file=sys.stderr)
-                return
+                if self.template.ready.is_set() and not self.template.chan_closed():
+                    print(f"fastfaas: cannot fill the warming pool: {exc}", file=sys.stderr)
+                    await trio.sleep(1)  # back off: the template is up but cannot fork
+                    continue
+                await self._template_up.wait()  # the template died: wait for the next one
+                if not self.template.ready.is_set():
+                    return  # it is not coming back
+                continue
             finally:
                 self._pool_forking -= 1
             self._pool.append(z)
@@ -1036,6 +1116,10 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for e in group.exceptions:
         out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
     return out
+
+
+class _Retry(Exception):
+    """The invocation reached no handler; take another instance."""
 
 
 class Invocation(NamedTuple):

@@ -271,7 +271,10 @@ class Template:
             with trio.move_on_after(TEMPLATE_BOOT_TIMEOUT_S) as boot:
                 got = await self.chan.recv()
             if boot.cancelled_caught or got is None:
-                code = self.proc.poll() if self.proc else None
+                code = None
+                if self.proc is not None:
+                    with trio.move_on_after(2):
+                        code = await trio.to_thread.run_sync(self.proc.wait)
                 why = "timed out" if got else f"exit {code}"
                 raise ZygoteError(
                     f"the template zygote did not start ({why}); "
@@ -350,6 +353,13 @@ class Template:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
+
+    def chan_closed(self) -> bool:
+        return self.chan is None or self.chan.closed
+
+    def wait_status(self) -> int | None:
+        """Block until the template process exits; its exit code (a worker thread's call)."""
+        return self.proc.wait() if self.proc is not None else None
 
     async def wait_closed(self) -> None:
         if self.proc is not None:

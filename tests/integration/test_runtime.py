@@ -404,3 +404,19 @@ async def test_update_config_starts_a_new_zygote_only_when_it_must(runtime, make
     with pytest.raises(fastfaas.errors.InvalidRequestError, match="memory_mb"):
         await runtime.update_config("cfg", memory_mb=1)
     assert runtime.describe("cfg")["config"]["memory_mb"] == 256
+
+
+async def test_a_dead_template_is_replaced_and_functions_keep_working(
+    runtime, make_function
+) -> None:
+    await runtime.deploy("survivor", source=make_function(app=COUNTER), handler="app.handler")
+    before = await runtime.invoke("survivor")
+    old_template = runtime.template.pid
+    os.kill(old_template, 9)
+    await wait_exit(old_template)
+    await wait_exit(before.value()["pid"])  # its zygotes and instances went with it
+    after = await runtime.invoke("survivor")  # waits for the new template if need be
+    assert after.ok, after.error
+    assert after.start in ("claimed", "cold")
+    assert runtime.template.pid != old_template
+    assert runtime.counters["template_restarts"] == 1
