@@ -92,6 +92,18 @@ async def wait_exit(pid: int) -> None:
         os.close(fd)
 
 
+def start_invoke(nursery: trio.Nursery, rt: fastfaas.Runtime, name: str,
+                 event: object) -> list[fastfaas.InvocationResult]:
+    """Start an invocation in `nursery`; its result lands in the returned list."""
+    out: list[fastfaas.InvocationResult] = []
+
+    async def call() -> None:
+        out.append(await rt.invoke(name, event))
+
+    nursery.start_soon(call)
+    return out
+
+
 async def wait_spare(rt: fastfaas.Runtime, name: str) -> None:
     """Until the function's zygote has its spare ready (the spare task's own completion)."""
     fv = rt._functions[name]
@@ -122,7 +134,6 @@ async def test_concurrent_invocations_get_distinct_instances(
     runtime, make_function, tmp_path
 ) -> None:
     await runtime.deploy("gated", source=make_function(app=GATED), handler="app.handler")
-    results: list[fastfaas.InvocationResult] = []
     async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
         first_done = trio.Event()
 
@@ -135,16 +146,14 @@ async def test_concurrent_invocations_get_distinct_instances(
         await gate.release()
         await first_done.wait()  # now: one warm instance and (soon) one spare
         await wait_spare(runtime, "gated")
-        for _ in range(4):
-            async def call() -> None:
-                results.append(await runtime.invoke("gated", {"gate": gate.path}))
-            nursery.start_soon(call)
+        calls = [start_invoke(nursery, runtime, "gated", {"gate": gate.path}) for _ in range(4)]
         await gate.wait_arrivals(4)
         state = runtime.statistics()["functions"]["gated"]
         # A forked instance runs its call before the server has its socket: spawning.
         assert state["in_flight"] == 4
         assert state["instances"]["busy"] + state["instances"]["spawning"] == 4
         await gate.release()
+    results = [r for call in calls for r in call]
     assert all(r.ok for r in results)
     assert len({r.instance_id for r in results}) == 4
     assert len({r.value()["pid"] for r in results}) == 4
@@ -157,19 +166,9 @@ async def test_start_kinds_without_pools(tmp_path, make_function, cgroups_mode) 
                                 warm_pool_size=0, spares=0) as rt:
         await rt.deploy("g", source=code, handler="app.handler")
         async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
-            first: list[fastfaas.InvocationResult] = []
-
-            async def call() -> None:
-                first.append(await rt.invoke("g", {"gate": gate.path}))
-
-            nursery.start_soon(call)
+            first = start_invoke(nursery, rt, "g", {"gate": gate.path})
             await gate.wait_arrivals(1)
-            second: list[fastfaas.InvocationResult] = []
-
-            async def call2() -> None:
-                second.append(await rt.invoke("g", {"gate": gate.path}))
-
-            nursery.start_soon(call2)
+            second = start_invoke(nursery, rt, "g", {"gate": gate.path})
             await gate.wait_arrivals(2)
             await gate.release()
         assert first[0].start == "cold"  # no warming pool: the template forked on demand
@@ -278,20 +277,13 @@ async def test_redeploy_drains_the_old_zygote_while_new_calls_use_the_new_code(
     runtime, make_function, tmp_path
 ) -> None:
     await runtime.deploy("v", source=make_function(app=GATED), handler="app.handler")
-    old: list[fastfaas.InvocationResult] = []
     async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
-        async def call_old() -> None:
-            old.append(await runtime.invoke("v", {"gate": gate.path}))
-        nursery.start_soon(call_old)
+        old = start_invoke(nursery, runtime, "v", {"gate": gate.path})
         await gate.wait_arrivals(1)
         old_zygote = runtime.describe("v")["state"]["zygote"]["pid"]
         await runtime.deploy("v", source=make_function(app=GATED.replace('"v1"', '"v2"')),
                              handler="app.handler")
-        new: list[fastfaas.InvocationResult] = []
-
-        async def call_new() -> None:
-            new.append(await runtime.invoke("v", {"gate": gate.path}))
-        nursery.start_soon(call_new)
+        new = start_invoke(nursery, runtime, "v", {"gate": gate.path})
         await gate.wait_arrivals(2)
         assert alive(old_zygote)  # the in-flight call still holds it
         await gate.release()
@@ -376,11 +368,8 @@ async def test_a_cancelled_caller_leaves_its_invocation_to_finish(
         await gate.release()
         while runtime.counters["abandoned"] == 0:
             await trio.sleep(0)  # a checkpoint: the background finisher runs
-        nursery_results: list[fastfaas.InvocationResult] = []
         async with trio.open_nursery() as nursery:
-            async def again() -> None:
-                nursery_results.append(await runtime.invoke("gated", {"gate": gate.path}))
-            nursery.start_soon(again)
+            nursery_results = start_invoke(nursery, runtime, "gated", {"gate": gate.path})
             await gate.wait_arrivals(1)
             await gate.release()
     (result,) = nursery_results
