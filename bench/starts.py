@@ -89,6 +89,10 @@ DIAGNOSTICS_ABOUT = {
     "warm_after_idle_pause": "warm starts, each after a 5 ms pause: what a warm start costs "
                              "once the instance (and its CPU) went idle; compare with "
                              "prewarmed, whose samples also start after a quiet spell",
+    "prewarmed_back_to_back": "prewarmed starts measured as warm ones are, back to back "
+                              "with no quiet spell between: n spares forked ahead (prewarm), "
+                              "replacement stubbed, each used instance set aside (alive) so "
+                              "that the next call takes a spare",
     "prewarmed_without_replacement": "prewarmed starts with the runtime's replacement of the "
                                      "taken spare deferred until the result is in (the "
                                      "benchmark stubs Runtime._want_spares for the call): "
@@ -436,6 +440,48 @@ async def measure(*series: Series) -> list[dict[str, Any]]:
     return [s.result() for s in series]
 
 
+async def prewarmed_back_to_back(rt: Runtime, kind: str, n: int, warmup: int) -> dict[str, Any]:
+    """Prewarmed starts measured as warm ones are: back to back, no quiet spell between.
+
+    A second function keeps n + warmup spares (`prewarm`), forked before the
+    series starts; the replacement of taken spares is stubbed out, and after
+    each call the instance that served it is set aside (DRAINING in the table,
+    left alive, so nothing runs in the background) so that the next call finds
+    no warm instance and takes a spare.
+    """
+    name = f"bench-{kind}-spares"
+    directory, module = HANDLERS[kind]
+    await rt.deploy(name, source=directory, handler=f"{module}.handler",
+                    memory_mb=MEMORY_MB, prewarm=n + warmup + 1)
+    first = await rt.invoke(name, EVENT)  # claims the zygote, which forks the spares
+    if first.error is not None:
+        raise BenchError(f"{name}: {first.error}")
+    fv = rt._functions[name]
+    with trio.fail_after(SETTLE_LIMIT_S * 4):
+        while rt.table.idle(fv.slot, _native.KIND_SPARE) < n + warmup or fv.spare_task:
+            await trio.sleep(SETTLE_POLL_S)
+    await settle(rt)
+    set_aside: list[int] = []
+
+    async def take_away_warm() -> None:
+        while (tid := rt.table.pop_expired(fv.slot, _native.KIND_WARM, math.inf)) is not None:
+            set_aside.append(tid)
+
+    rt._want_spares = lambda fv: None  # type: ignore[method-assign]
+    try:
+        series = Series(rt, name, "prewarmed", n, warmup, take_away_warm)
+        while not series.done:
+            await series.step()
+    finally:
+        del rt._want_spares
+    await take_away_warm()
+    for tid in set_aside:
+        rt._retire(fv.instances[tid])
+    await rt.delete(name)
+    await settle(rt)
+    return series.result()
+
+
 def _retire_warm(rt: Runtime, name: str) -> None:
     fv = rt._functions[name]
     while (tid := rt.table.pop_expired(fv.slot, _native.KIND_WARM, math.inf)) is not None:
@@ -513,6 +559,9 @@ async def bench_handler(rt: Runtime, cold_rt: Runtime, kind: str, counts: dict[s
     log(f"{kind} prewarmed: {_brief(out['prewarmed'])}")
     log(f"{kind} prewarmed, no replacement: {_brief(diag['prewarmed_without_replacement'])}")
     log(f"{kind} warm after a pause: {_brief(diag['warm_after_idle_pause'])}")
+    diag["prewarmed_back_to_back"] = await prewarmed_back_to_back(
+        rt, kind, counts["prewarmed"], warmup)
+    log(f"{kind} prewarmed, back to back: {_brief(diag['prewarmed_back_to_back'])}")
     zygote_rss = _zygote_rss_kb(rt, name)
     await warm_block()
 
