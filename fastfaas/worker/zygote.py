@@ -206,6 +206,9 @@ def _claim(chan: wire.BlockingChannel, claim: Claim) -> tuple[Callable[..., Any]
     )
     os.chdir(claim.code_dir)
     sys.path.insert(0, claim.code_dir)
+    from fastfaas.worker.instance import unbuffered_stdio
+
+    unbuffered_stdio()
     capture = _capture_start()
     try:
         handler, two_args = resolve_handler(claim.handler)
