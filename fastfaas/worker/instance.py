@@ -165,7 +165,7 @@ def serve(
             if isinstance(msg, Warmup):
                 # The invocation path once, with a no-op: faults in the pages it touches.
                 warm = Invoke("warmup", b'{"warmup":true}', time.monotonic() + 1)
-                run_one(warm, _noop, True, info)
+                run_one(warm, _noop, two_args, info)
                 chan.send(Result(ok=True))
             else:
                 chan.send(run_one(msg, handler, two_args, info))
