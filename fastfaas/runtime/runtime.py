@@ -391,8 +391,7 @@ class Runtime:
 
     async def _invoke_once(self, fv: FunctionVersion, raw: bytes,
                            request_id: str) -> InvocationResult:
-        fv.in_flight += 1
-        fv.last_used = trio.current_time()
+        fv.in_flight += 1  # counts as busy for the reaper until the finally below
         start = "warm"
         try:
             got = self.table.acquire(fv.slot)
@@ -513,8 +512,7 @@ class Runtime:
                 return
             finally:
                 template.close()
-            if first:
-                first = False
+            first = False
             if self._closing:
                 return
             self._template_up = trio.Event()
@@ -623,14 +621,12 @@ class Runtime:
         z.instances[spawn_id] = inst
         server_end, child_end = wire.new_seqpacket_pair()
         inst.chan = AsyncChannel(server_end)
+        sent = False
         try:
             if cg is not None:
                 cg.oom_seen = self.cgroups.oom_kills(cg)
                 inst.cpu_base = self.cgroups.begin(cg)
             sent = await z.spawn(spawn_id, child_end.fileno(), cg.join_fds if cg else [], first)
-        except BaseException:
-            sent = False
-            raise
         finally:
             child_end.close()
             if not sent:
@@ -685,7 +681,6 @@ class Runtime:
 
         Awaits (shielded) only when the instance died or left processes behind.
         """
-        inst.invocations += 1
         if inst.timed_out:
             if got is not None:
                 wire.close_all(got[1])
@@ -1009,8 +1004,7 @@ class Runtime:
         else:
             cg = free.pop() if free else self.cgroups.new_instance()
             self.counters["cgroup_resized"] += 1
-        if self._cg_hint != memory_mb:
-            self._cg_hint = memory_mb
+        self._cg_hint = memory_mb
         self._cg_lot.unpark_all()
         self.cgroups.size_instance(cg, memory_mb)  # a no-op when it has that size
         return cg

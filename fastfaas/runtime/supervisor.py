@@ -118,7 +118,6 @@ class InstanceHandle:
     cgroup: CgroupSet | None
     proc: Process | None = None
     chan: AsyncChannel | None = None
-    invocations: int = 0
     dead: bool = False
     cpu_base: int = 0  # the cgroup CPU counter when it was forked with its first invocation
     early_status: int | None = None  # an exit reported before the server had its pidfd
@@ -362,6 +361,4 @@ class Template:
         return self.proc.wait() if self.proc is not None else None
 
     async def wait_closed(self) -> None:
-        if self.proc is not None:
-            proc = self.proc
-            await trio.to_thread.run_sync(proc.wait)
+        await trio.to_thread.run_sync(self.wait_status)

@@ -117,6 +117,12 @@ def unbuffered_stdio() -> None:
 _STDIO: tuple[Any, Any] = (None, None)
 
 
+def read_tail(fd: int, end: int) -> bytes:
+    """The last LOG_TAIL bytes before offset `end` of a capture file."""
+    size = min(end, wire.LOG_TAIL)
+    return os.pread(fd, size, end - size) if size > 0 else b""
+
+
 def _take_log_tail() -> bytes:
     """The last LOG_TAIL bytes written to fds 1-2 since the last call; empties the capture."""
     if (sys.stdout, sys.stderr) != _STDIO:  # the handler swapped in streams of its own
@@ -130,8 +136,7 @@ def _take_log_tail() -> bytes:
         end = os.lseek(1, 0, os.SEEK_CUR)
         if end <= 0:
             return b""
-        size = min(end, wire.LOG_TAIL)
-        tail = os.pread(1, size, end - size)
+        tail = read_tail(1, end)
         os.ftruncate(1, 0)
         os.lseek(1, 0, os.SEEK_SET)
         return tail

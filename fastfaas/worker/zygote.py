@@ -23,6 +23,7 @@ from typing import Any
 from fastfaas import _native, wire
 from fastfaas.errors import SpawnError
 from fastfaas.wire import Claim, Claimed, InstanceExited, Spawn, Spawned, SpawnFailed
+from fastfaas.worker import instance
 
 # Threads started at import do not survive a fork; numeric libraries start
 # pools unless told not to.
@@ -159,9 +160,7 @@ def _capture_end(capture: int, saved1: int, saved2: int) -> bytes:
     os.dup2(saved2, 2)
     os.close(saved1)
     os.close(saved2)
-    end = os.lseek(capture, 0, os.SEEK_END)
-    size = min(end, wire.LOG_TAIL)
-    tail = os.pread(capture, size, end - size) if size else b""
+    tail = instance.read_tail(capture, os.lseek(capture, 0, os.SEEK_END))
     os.close(capture)
     return tail
 
@@ -206,17 +205,13 @@ def _claim(chan: wire.BlockingChannel, claim: Claim) -> tuple[Callable[..., Any]
     )
     os.chdir(claim.code_dir)
     sys.path.insert(0, claim.code_dir)
-    from fastfaas.worker.instance import unbuffered_stdio
-
-    unbuffered_stdio()
+    instance.unbuffered_stdio()
     capture = _capture_start()
     try:
         handler, two_args = resolve_handler(claim.handler)
     except BaseException as exc:
-        from fastfaas.worker.instance import error_body
-
         log = _capture_end(*capture)
-        error_type, message, _ = error_body(exc, skip_frames=0)
+        error_type, message, _ = instance.error_body(exc, skip_frames=0)
         stack = traceback.format_exception(exc)
         chan.send(Claimed(False, error_type, message, stack, log))
         os._exit(0)
@@ -230,8 +225,6 @@ def _claim(chan: wire.BlockingChannel, claim: Claim) -> tuple[Callable[..., Any]
 def _function_zygote(
     chan: wire.BlockingChannel, claim: Claim, handler: Callable[..., Any], two_args: bool
 ) -> None:
-    from fastfaas.worker import instance
-
     info = instance.FunctionInfo(claim.function_name, claim.version, claim.memory_mb,
                                  claim.self_usage)
     fork_hook = ThreadingForkHook()
