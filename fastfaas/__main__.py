@@ -1,53 +1,296 @@
 """fastfaas's command line.
 
-    python -m fastfaas demo [--examples DIR]   deploy the examples, invoke them, show start kinds
+    fastfaas serve [--host H] [--port P] [--data-dir D] [--examples [DIR]] ...
+    fastfaas deploy NAME DIR|ZIP --handler mod.fn [--memory-mb MB] [--timeout-s S] [--env K=V]
+    fastfaas invoke NAME [JSON | -] [--async]
+    fastfaas list | get NAME | delete NAME | logs NAME
 
-The HTTP server (`fastfaas serve`) is issue #3; until it lands, `make serve`
-runs this demo of the embedded Runtime.
+Client commands speak to a server with httpx: `--url` (or FASTFAAS_URL,
+default http://127.0.0.1:8080) and `--token` (or FASTFAAS_TOKEN).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-import time
 from pathlib import Path
-
-import trio
+from typing import Any
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_URL = "http://127.0.0.1:8080"
 
-
-async def demo(examples: Path, data_dir: Path) -> None:
-    from fastfaas.runtime.runtime import Runtime
-
-    async with Runtime(data_dir=data_dir) as rt:
-        print(f"fastfaas: {rt.statistics()['cgroups']['reason']}")
-        names = sorted(p.name for p in examples.iterdir() if (p / "app.py").exists())
-        for name in names:
-            await rt.deploy(name, source=examples / name, handler="app.handler")
-            print(f"deployed {name}")
-        for name in names:
-            for i in range(3):
-                t0 = time.perf_counter()
-                r = await rt.invoke(name, {"name": f"call {i}"})
-                ms = (time.perf_counter() - t0) * 1e3
-                print(f"  {name:8} {r.start:9} {ms:7.3f} ms  {r.payload.decode()}")
-        stats = rt.statistics()
-        print("functions:", {n: s["instances"] for n, s in stats["functions"].items()})
+# Configuration flags of `deploy` (DESIGN.md's names in kebab-case) and their types.
+_DEPLOY_FLAGS: dict[str, type] = {
+    "memory_mb": int, "timeout_s": float, "description": str, "prewarm": int,
+    "idle_timeout_s": float, "zygote_idle_timeout_s": float, "init_timeout_s": float,
+    "reserved_concurrency": int, "max_concurrency": int, "isolation": str,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fastfaas")
-    sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="deploy the examples and invoke them (embedded Runtime)")
-    d.add_argument("--examples", type=Path, default=EXAMPLES)
-    d.add_argument("--data-dir", type=Path, default=Path(".fastfaas"))
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if not args.examples.is_dir():
-            sys.exit(f"fastfaas: no examples directory at {args.examples}")
-        trio.run(demo, args.examples, args.data_dir)
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        _serve(args)
+    else:
+        try:
+            args.run(args)
+        except _CliError as exc:
+            print(f"fastfaas: {exc}", file=sys.stderr)
+            sys.exit(exc.status)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastfaas", description="Run Python functions on demand, each call in a process"
+        " forked from a zygote that already imported the code.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the server (HTTP API, registry, workers)",
+                       description="Run the fastfaas server in the foreground; SIGTERM or"
+                       " Ctrl-C stops it gracefully.")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; others need --token)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks one)")
+    s.add_argument("--data-dir", type=Path, default=Path(".fastfaas"),
+                   help="registry, queue and code (default ./.fastfaas)")
+    s.add_argument("--examples", nargs="?", type=Path, const=EXAMPLES, default=None,
+                   metavar="DIR", help=f"deploy the examples at start (default {EXAMPLES})")
+    s.add_argument("--token", default=os.environ.get("FASTFAAS_TOKEN"),
+                   help="require `Authorization: Bearer TOKEN` (or set FASTFAAS_TOKEN)")
+    s.add_argument("--max-body-mb", type=float, default=6.0,
+                   help="largest invocation body (default 6)")
+    s.add_argument("--graceful-timeout-s", type=float, default=30.0,
+                   help="how long in-flight work may finish at a stop (default 30)")
+    s.add_argument("--cgroups", choices=("auto", "require", "off"), default="auto",
+                   help="cgroups where writable (auto), or fail without (require), or rlimits")
+    s.add_argument("--warm-pool-size", type=int, default=2,
+                   help="generic zygotes forked ahead of need (default 2)")
+    s.add_argument("--allow-source-builds", action="store_true",
+                   help="let pip build requirements from source (runs their build code)")
+    s.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
+                   help="extra pip option for requirements, repeatable (e.g. --pip-arg=--no-index)")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("FASTFAAS_URL", DEFAULT_URL),
+                        help=f"the server (or FASTFAAS_URL; default {DEFAULT_URL})")
+    common.add_argument("--token", default=os.environ.get("FASTFAAS_TOKEN"),
+                        help="bearer token (or FASTFAAS_TOKEN)")
+
+    d = sub.add_parser("deploy", parents=[common], help="create or replace a function",
+                       description="Upload a directory or zip as function NAME, then warm it"
+                       " so that an import error shows at once.")
+    d.add_argument("name")
+    d.add_argument("source", type=Path, help="a directory or a .zip file")
+    d.add_argument("--handler", required=True, help="module.function, e.g. app.handler")
+    d.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="environment variable, repeatable")
+    for field, kind in _DEPLOY_FLAGS.items():
+        d.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None)
+    d.add_argument("--no-warm", action="store_true", help="do not warm after deploying")
+    d.set_defaults(run=_deploy)
+
+    i = sub.add_parser("invoke", parents=[common], help="invoke a function, print its result",
+                       description="Invoke NAME with a JSON event (an argument, or - for"
+                       " standard input; default {}). A function error exits with status 1.")
+    i.add_argument("name")
+    i.add_argument("event", nargs="?", default=None, help="JSON, or - to read standard input")
+    i.add_argument("--async", dest="is_async", action="store_true",
+                   help="queue it (202) and print the request id")
+    i.add_argument("--verbose", "-v", action="store_true",
+                   help="also print start kind, durations and instance on stderr")
+    i.set_defaults(run=_invoke)
+
+    ls = sub.add_parser("list", parents=[common], help="list functions")
+    ls.set_defaults(run=_list)
+    g = sub.add_parser("get", parents=[common], help="a function's configuration and state")
+    g.add_argument("name")
+    g.set_defaults(run=_get)
+    rm = sub.add_parser("delete", parents=[common], help="delete a function")
+    rm.add_argument("name")
+    rm.set_defaults(run=_delete)
+    lg = sub.add_parser("logs", parents=[common], help="a function's recent invocations")
+    lg.add_argument("name")
+    lg.add_argument("--limit", type=int, default=20)
+    lg.set_defaults(run=_logs)
+    st = sub.add_parser("status", parents=[common], help="the server's health (GET /healthz)")
+    st.set_defaults(run=_status)
+    return parser
+
+
+# --- serve -----------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import trio
+
+    from fastfaas.http.app import ConfigurationError, ServeOptions, serve
+
+    opts = ServeOptions(
+        host=args.host, port=args.port, data_dir=args.data_dir, examples=args.examples,
+        token=args.token, max_body_mb=args.max_body_mb,
+        graceful_timeout_s=args.graceful_timeout_s, cgroups=args.cgroups,
+        warm_pool_size=args.warm_pool_size, allow_source_builds=args.allow_source_builds,
+        pip_args=tuple(args.pip_arg))
+    try:
+        trio.run(serve, opts)
+    except ConfigurationError as exc:
+        print(f"fastfaas: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"fastfaas: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- client commands -------------------------------------------------------------
+
+
+class _CliError(Exception):
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    headers = kwargs.pop("headers", {})
+    if args.token:
+        headers["authorization"] = f"Bearer {args.token}"
+    try:
+        with httpx.Client(base_url=args.url, timeout=None) as client:
+            return client.request(method, path, headers=headers, **kwargs)
+    except httpx.TransportError as exc:
+        raise _CliError(f"cannot reach the server at {args.url} ({exc}): is `fastfaas serve`"
+                        " running? (--url or FASTFAAS_URL)", status=2) from None
+
+
+def _check(response: Any) -> Any:
+    if response.status_code < 400:
+        return response.json()
+    try:
+        body = response.json()
+        message, code = body["message"], body["error"]
+    except (ValueError, KeyError, TypeError):
+        message, code = response.text, "?"
+    raise _CliError(f"{message} (HTTP {response.status_code} {code})")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _deploy(args: argparse.Namespace) -> None:
+    from fastfaas.errors import FastfaasError
+    from fastfaas.runtime.code import code_bytes
+
+    params: dict[str, str] = {"handler": args.handler}
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _CliError(f"--env {item!r} must look like KEY=VALUE")
+        env[key] = value
+    if env:
+        params["env"] = json.dumps(env)
+    for field in _DEPLOY_FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            params[field] = str(value)
+    try:
+        data = code_bytes(args.source)
+    except FastfaasError as exc:
+        raise _CliError(str(exc)) from None
+    info = _check(_request(args, "PUT", f"/v1/functions/{args.name}", params=params,
+                           content=data, headers={"content-type": "application/zip"}))
+    print(f"deployed {info['name']} (code {info['code_sha256'][:12]},"
+          f" {info['config']['memory_mb']} MB, timeout {info['config']['timeout_s']:g} s)")
+    if args.no_warm:
+        return
+    warm = _check(_request(args, "POST", f"/v1/functions/{args.name}/warm"))
+    if not warm["ready"]:
+        err = warm["error"]
+        trace = "".join(err.get("stackTrace") or [])
+        raise _CliError(f"{args.name} does not import: {err['errorType']}:"
+                        f" {err['errorMessage']}\n{trace}".rstrip())
+    print(f"{args.name} is ready: its code is imported")
+
+
+def _invoke(args: argparse.Namespace) -> None:
+    if args.event == "-":
+        body = sys.stdin.buffer.read()
+    elif args.event is None:
+        body = b"{}"
+    else:
+        body = args.event.encode()
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        raise _CliError(f"the event is not valid JSON: {exc}") from None
+    headers = {"content-type": "application/json"}
+    if args.is_async:
+        headers["x-fastfaas-invocation-type"] = "Event"
+    r = _request(args, "POST", f"/v1/functions/{args.name}/invoke", content=body,
+                 headers=headers)
+    if r.status_code >= 400:
+        _check(r)
+    if args.is_async:
+        print(r.json()["request_id"])
+        return
+    if args.verbose:
+        h = r.headers
+        print(f"request {h.get('x-fastfaas-request-id')} start={h.get('x-fastfaas-start')}"
+              f" handler={h.get('x-fastfaas-duration-us')}us"
+              f" server={h.get('x-fastfaas-server-us')}us instance={h.get('x-fastfaas-instance')}",
+              file=sys.stderr)
+    kind = r.headers.get("x-fastfaas-function-error")
+    if kind:
+        err = r.json()
+        trace = "".join(err.get("stackTrace") or [])
+        raise _CliError(f"{args.name} failed ({kind}): {err.get('errorType')}:"
+                        f" {err.get('errorMessage')}\n{trace}".rstrip())
+    print(r.text)
+
+
+def _list(args: argparse.Namespace) -> None:
+    functions = _check(_request(args, "GET", "/v1/functions"))["functions"]
+    if not functions:
+        print("no functions deployed")
+        return
+    print(f"{'NAME':24} {'HANDLER':24} {'MEMORY':>7} {'TIMEOUT':>8}  ZYGOTE  INSTANCES")
+    for f in functions:
+        cfg, state = f["config"], f["state"]
+        live = " ".join(f"{k}={v}" for k, v in state["instances"].items() if v)
+        zygote = "up" if state["zygote"] and state["zygote"]["alive"] else "-"
+        print(f"{f['name']:24} {cfg['handler']:24} {cfg['memory_mb']:>5}MB"
+              f" {cfg['timeout_s']:>7g}s  {zygote:6}  {live or '-'}")
+
+
+def _get(args: argparse.Namespace) -> None:
+    _print_json(_check(_request(args, "GET", f"/v1/functions/{args.name}")))
+
+
+def _delete(args: argparse.Namespace) -> None:
+    _check(_request(args, "DELETE", f"/v1/functions/{args.name}"))
+    print(f"deleted {args.name}")
+
+
+def _logs(args: argparse.Namespace) -> None:
+    import time
+
+    body = _check(_request(args, "GET", f"/v1/functions/{args.name}/logs",
+                           params={"limit": str(args.limit)}))
+    for e in body["entries"]:
+        when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+        outcome = e["error"] or "ok"
+        print(f"{when} {e['request_id']} {e['start']:9} {e['duration_us']:>8}us {outcome}")
+        for line in e["log"].splitlines():
+            print(f"    {line}")
+
+
+def _status(args: argparse.Namespace) -> None:
+    _print_json(_check(_request(args, "GET", "/healthz")))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import io
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from fastfaas.errors import InvalidRequestError
@@ -47,12 +49,17 @@ def code_bytes(source: str | os.PathLike[str] | bytes) -> bytes:
     raise InvalidRequestError(f"code source {path} is neither a directory nor a zip file")
 
 
-def unpack(zip_data: bytes, code_root: Path) -> tuple[Path, str]:
+def unpack(zip_data: bytes, code_root: Path,
+           requirements: Requirements | None = None) -> tuple[Path, str]:
     """Unpack into code_root/<sha256>/ (once); returns (directory, sha256).
 
+    A `requirements.txt` at the bundle's top is installed into the same
+    directory by `requirements` (without one, its presence is an error).
+
     Raises InvalidRequestError for a bad zip: not a zip, too large, paths
-    outside the bundle, links. File modes are normalised (0644, 0755 for
-    executables, 0755 directories) so a sandboxed instance can read them.
+    outside the bundle, links; or a failed install, with pip's output. File
+    modes are normalised (0644, 0755 for executables, 0755 directories) so a
+    sandboxed instance can read them.
     """
     if len(zip_data) > MAX_ZIP_BYTES:
         raise InvalidRequestError(
@@ -92,8 +99,12 @@ def unpack(zip_data: bytes, code_root: Path) -> tuple[Path, str]:
                 shutil.copyfileobj(src, out)
             executable = (info.external_attr >> 16) & stat.S_IXUSR
             os.chmod(dest, 0o755 if executable else 0o644)
-        for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-            os.chmod(d, 0o755)
+        if (tmp / "requirements.txt").is_file():
+            if requirements is None:
+                raise InvalidRequestError(
+                    "the bundle has a requirements.txt but this runtime installs none")
+            requirements.install_into(tmp)
+        normalise_modes(tmp)
         try:
             tmp.rename(target)
         except OSError:
@@ -104,3 +115,109 @@ def unpack(zip_data: bytes, code_root: Path) -> tuple[Path, str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target, sha
+
+
+def normalise_modes(root: Path) -> None:
+    """Directories 0755, files 0644 (0755 if executable by the owner), no links out."""
+    os.chmod(root, 0o755)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(path)
+                if os.path.commonpath([target, str(root)]) != str(root):
+                    os.unlink(path)  # a link out of the bundle (pip makes none)
+                continue
+            os.chmod(path, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
+
+
+class Requirements:
+    """Installs a bundle's requirements.txt with pip, cached by content hash.
+
+    Each distinct requirements.txt (with the pip options) is installed once
+    into `cache_root/<sha256>/`, then hard-linked into each code directory
+    that needs it, so the function imports its packages from its own
+    directory.
+
+    Args:
+        python: the interpreter whose pip installs (the template's: the wheels
+            must match it).
+        cache_root: where installs are cached.
+        allow_source_builds: let pip build sdists (runs their build code);
+            by default only binary wheels (`--only-binary :all:`).
+        pip_args: more pip options (`--no-index`, `--find-links DIR`...).
+        timeout_s: how long pip may take.
+    """
+
+    def __init__(self, python: str, cache_root: Path, *, allow_source_builds: bool = False,
+                 pip_args: Sequence[str] = (), timeout_s: float = 600) -> None:
+        self.python = python
+        self.cache_root = cache_root
+        self.options = [] if allow_source_builds else ["--only-binary", ":all:"]
+        self.options += list(pip_args)
+        self.timeout_s = timeout_s
+
+    def install_into(self, code_dir: Path) -> None:
+        req = (code_dir / "requirements.txt").read_bytes()
+        key = hashlib.sha256(req + b"\0" + "\0".join(self.options).encode()).hexdigest()
+        cached = self.cache_root / key
+        if not cached.is_dir():
+            self._install(code_dir / "requirements.txt", cached)
+        _link_tree(cached, code_dir)
+
+    def _install(self, requirements_txt: Path, cached: Path) -> None:
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".pip-", dir=self.cache_root))
+        cmd = [self.python, "-m", "pip", "install", "--target", str(tmp), "--requirement",
+               str(requirements_txt), "--no-input", "--disable-pip-version-check",
+               "--no-warn-script-location", "--quiet", *self.options]
+        try:
+            try:
+                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, timeout=self.timeout_s,
+                                      check=False, cwd=requirements_txt.parent)
+            except subprocess.TimeoutExpired:
+                raise InvalidRequestError(
+                    f"installing requirements.txt took longer than {self.timeout_s:g} s"
+                ) from None
+            if proc.returncode != 0:
+                output = proc.stdout.decode(errors="replace").strip()[-4000:]
+                hint = "" if "--only-binary" not in self.options else (
+                    " (only binary wheels are allowed: pin versions that ship wheels, or"
+                    " start the server with --allow-source-builds)")
+                raise InvalidRequestError(
+                    f"installing requirements.txt failed (pip exit {proc.returncode})"
+                    f"{hint}:\n{output}")
+            normalise_modes(tmp)
+            try:
+                tmp.rename(cached)
+            except OSError:
+                if not cached.is_dir():
+                    raise
+                shutil.rmtree(tmp)  # installed concurrently by another deploy
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """Hard-link src's files into dest (the bundle's own files win a name clash)."""
+    for dirpath, _dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target_dir = dest / rel
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            target = target_dir / name
+            if target.exists() or target.is_symlink():
+                continue
+            source = os.path.join(dirpath, name)
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), target)
+            else:
+                try:
+                    os.link(source, target)
+                except OSError:  # another filesystem, or links not allowed
+                    shutil.copy2(source, target)

@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -99,6 +100,10 @@ class Runtime:
             task is runnable (0: never): a short handler's result then does
             not wait for an idle CPU to wake.
         python: the interpreter for the template zygote.
+        allow_source_builds: let pip build a bundle's requirements from
+            source (runs their build code); by default binary wheels only.
+        pip_args: more pip options for requirements (`--no-index`, ...).
+        log_entries: recent invocations kept per function for `logs()`.
     """
 
     def __init__(
@@ -111,6 +116,9 @@ class Runtime:
         cgroup_pool_size: int = 4,
         spin_us: int = 100,
         python: str = sys.executable,
+        allow_source_builds: bool = False,
+        pip_args: Sequence[str] = (),
+        log_entries: int = 100,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
@@ -121,6 +129,11 @@ class Runtime:
         self.cgroup_pool_size = cgroup_pool_size
         self.spin_ns = spin_us * 1000
         self.python = python
+        self.requirements = code_bundles.Requirements(
+            python, self.data_dir / "deps", allow_source_builds=allow_source_builds,
+            pip_args=pip_args)
+        self._logs: dict[str, collections.deque[LogEntry]] = {}
+        self._log_entries = log_entries
         self.template = Template(python, cwd="/")
         self._template_up = trio.Event()
         self._template_restarts: collections.deque[float] = collections.deque()
@@ -267,8 +280,29 @@ class Runtime:
         cfg = FunctionConfig.create(handler=handler, **config)
         zip_data = await trio.to_thread.run_sync(code_bundles.code_bytes, source)
         code_dir, sha = await trio.to_thread.run_sync(
-            code_bundles.unpack, zip_data, self.data_dir / "code"
+            code_bundles.unpack, zip_data, self.data_dir / "code", self.requirements,
+            abandon_on_cancel=False,
         )
+        self._check_open()
+        return self._activate(name, cfg, code_dir, sha)
+
+    def restore(self, name: str, config: FunctionConfig, code_sha256: str) -> dict[str, Any]:
+        """Deploy again code already unpacked in `data_dir/code/<sha256>/` (after a restart).
+
+        Raises:
+            InvalidRequestError: bad name, or that code is not on disk.
+        """
+        self._check_open()
+        check_name(name)
+        config.validate()
+        code_dir = self.data_dir / "code" / code_sha256
+        if not code_sha256.isalnum() or not code_dir.is_dir():
+            raise InvalidRequestError(f"function {name!r}: its code {code_sha256} is not in"
+                                      f" {self.data_dir / 'code'}")
+        return self._activate(name, config, code_dir, code_sha256)
+
+    def _activate(self, name: str, cfg: FunctionConfig, code_dir: Path,
+                  sha: str) -> dict[str, Any]:
         fv = FunctionVersion(name, LATEST, cfg, code_dir, sha, self.table.new_slot(),
                              next(self._generations))
         old = self._functions.get(name)
@@ -300,10 +334,45 @@ class Runtime:
         self._check_open()
         fv = self._lookup(name, LATEST)
         del self._functions[name]
+        self._logs.pop(name, None)
         self._retire_version(fv)
 
     def functions(self) -> list[str]:
         return sorted(self._functions)
+
+    def config(self, name: str) -> FunctionConfig:
+        return self._lookup(name, LATEST).config
+
+    async def warm(self, name: str) -> FunctionError | None:
+        """Give the function a zygote now (imports its code); its InitError, if any.
+
+        The handler does not run. Raises FunctionNotFoundError, ZygoteError.
+        """
+        self._check_open()
+        fv = self._lookup(name, LATEST)
+        if fv.zygote is not None and not fv.zygote.dead:
+            return None
+        fv.in_flight += 1  # keeps a concurrent reaper or drain from stopping it
+        try:
+            claimed = await self._claim(fv)
+        finally:
+            fv.in_flight -= 1
+            fv.last_used = trio.current_time()
+            if fv.retired:
+                self._maybe_finish_draining(fv)
+        if isinstance(claimed, FunctionError):
+            return claimed
+        self._want_spares(fv)
+        return None
+
+    def new_request_id(self) -> str:
+        return self._request_ids.next()
+
+    def logs(self, name: str, limit: int | None = None) -> list[LogEntry]:
+        """The function's recent invocations, oldest first, with their output."""
+        self._lookup(name, LATEST)
+        entries = list(self._logs.get(name, ()))
+        return entries if limit is None else entries[-limit:] if limit > 0 else []
 
     def describe(self, name: str) -> dict[str, Any]:
         """Configuration, code hash and live state of a function."""
@@ -361,6 +430,7 @@ class Runtime:
         *,
         payload: bytes | None = None,
         version: str = LATEST,
+        request_id: str | None = None,
     ) -> InvocationResult:
         """Invoke a function with an event (any JSON value) or raw JSON `payload` bytes.
 
@@ -379,15 +449,29 @@ class Runtime:
         self._check_open()
         fv = self._lookup(name, version)
         raw = _event_bytes(event, payload)
-        request_id = self._request_ids.next()
+        if request_id is None:
+            request_id = self._request_ids.next()
         for _attempt in range(3):
             try:
-                return await self._invoke_once(fv, raw, request_id)
+                result = await self._invoke_once(fv, raw, request_id)
             except _Retry:
                 # The event reached no handler (its instance or zygote was already
                 # dead): another instance gets it.
                 self.counters["retries"] += 1
+                continue
+            self._log(fv.name, result)
+            return result
         raise ZygoteError(f"function {fv.name}: no live instance could take the invocation")
+
+    def _log(self, name: str, result: InvocationResult) -> None:
+        if name not in self._functions:
+            return  # deleted while the call ran
+        entries = self._logs.get(name)
+        if entries is None:
+            entries = self._logs[name] = collections.deque(maxlen=self._log_entries)
+        entries.append(LogEntry(time.time(), result.request_id, result.start, result.duration_us,
+                                None if result.error is None else result.error.kind,
+                                result.log_tail))
 
     async def _invoke_once(self, fv: FunctionVersion, raw: bytes,
                            request_id: str) -> InvocationResult:
@@ -1103,6 +1187,17 @@ class Runtime:
         for fv in [*self._functions.values(), *self._draining]:
             out += [i.proc.pid for i in fv.instances.values() if i.proc is not None]
         return out
+
+
+class LogEntry(NamedTuple):
+    """One invocation in a function's recent log."""
+
+    time: float
+    request_id: str
+    start: str
+    duration_us: int
+    error: str | None
+    log: bytes
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

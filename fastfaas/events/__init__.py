@@ -1,0 +1,1 @@
+"""Event pollers: run queued asynchronous invocations through the scheduler."""

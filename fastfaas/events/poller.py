@@ -1,0 +1,113 @@
+"""The async-invocation poller: queued events in, Runtime.invoke, results out.
+
+Events are committed to the queue before the 202; the poller marks them
+running, invokes, and records the outcome. Those still running when the
+server stops are put back (a graceful stop) or found running at the next
+start (a kill) and run again: at least once, normally exactly once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from fastfaas.errors import FastfaasError
+from fastfaas.runtime.results import InvocationResult
+from fastfaas.runtime.runtime import Runtime
+from fastfaas.runtime.store import EventQueue, QueuedEvent
+
+
+class Poller:
+    """Runs queued events, at most `concurrency` at once.
+
+    Args:
+        queue: where accepted events wait.
+        runtime: runs them.
+        on_result: called with (function, result, seconds) for each finished event.
+    """
+
+    def __init__(self, queue: EventQueue, runtime: Runtime, *, concurrency: int = 32,
+                 on_result: Callable[[str, InvocationResult, float], None] | None = None) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.queue = queue
+        self.runtime = runtime
+        self.concurrency = concurrency
+        self.on_result = on_result
+        self.running = 0
+        self.completed = 0
+        self._wakeup = trio.Event()
+        self._stopping = False
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def wake(self) -> None:
+        """An event was queued."""
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll until cancelled; events in hand then go back to the queue."""
+        requeued = self.queue.requeue_running()
+        if requeued:
+            print(f"fastfaas: {requeued} asynchronous invocation(s) of a previous run will"
+                  " run again", file=sys.stderr)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while not self._stopping:
+                self._wakeup = trio.Event()
+                free = self.concurrency - self.running
+                events = self.queue.take(free) if free > 0 else []
+                for event in events:
+                    self.running += 1
+                    self._idle = trio.Event()
+                    nursery.start_soon(self._run_one, event)
+                # Woken by a new event, or by a finished one freeing a place.
+                await self._wakeup.wait()
+
+    def stop_taking(self) -> None:
+        """Take no more events (a graceful stop); those running finish."""
+        self._stopping = True
+        self._wakeup.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def _run_one(self, event: QueuedEvent) -> None:
+        t0 = time.perf_counter()
+        done = False
+        try:
+            try:
+                result = await self.runtime.invoke(event.function, payload=event.payload,
+                                                   version=event.version,
+                                                   request_id=event.id)
+            except FastfaasError as exc:
+                error = msgspec.json.encode({"error": exc.code, "message": str(exc)})
+                self.queue.finish(event.id, False, b"", error.decode(), "")
+            except Exception as exc:  # a bug of ours: record it, keep polling
+                traceback.print_exc()
+                error = msgspec.json.encode({"error": "InternalError", "message": repr(exc)})
+                self.queue.finish(event.id, False, b"", error.decode(), "")
+            else:
+                err = None
+                if result.error is not None:
+                    body = msgspec.json.decode(result.payload)
+                    body["kind"] = result.error.kind
+                    err = msgspec.json.encode(body).decode()
+                self.queue.finish(event.id, result.error is None, result.payload, err,
+                                  result.start)
+                if self.on_result is not None:
+                    self.on_result(event.function, result, time.perf_counter() - t0)
+            done = True
+            self.completed += 1
+        finally:
+            if not done:  # cancelled by a stop: it runs again at the next start
+                self.queue.requeue(event.id)
+            self.running -= 1
+            if self.running == 0:
+                self._idle.set()
+            self._wakeup.set()

@@ -1,0 +1,162 @@
+"""`fastfaas serve`: Runtime + registry + poller + HTTP front end in one trio process."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from fastfaas.errors import FastfaasError
+from fastfaas.events.poller import Poller
+from fastfaas.http.native import NativeApi
+from fastfaas.http.server import HttpServer, Limits
+from fastfaas.runtime.runtime import Runtime
+from fastfaas.runtime.store import Store
+
+
+class ServeOptions(msgspec.Struct, kw_only=True):
+    """What `fastfaas serve` takes; the CLI flags are these names in kebab-case."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".fastfaas")
+    examples: Path | None = None
+    token: str | None = None
+    max_body_mb: float = 6.0
+    graceful_timeout_s: float = 30.0
+    cgroups: str = "auto"
+    warm_pool_size: int = 2
+    async_concurrency: int = 32
+    allow_source_builds: bool = False
+    pip_args: Sequence[str] = ()
+    limits: Limits = Limits()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ConfigurationError(Exception):
+    """The server cannot start as configured (said to the user, exit status 2)."""
+
+
+async def serve(opts: ServeOptions, *, stop: trio.Event | None = None,
+                task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set), then stop gracefully.
+
+    Graceful: stop accepting, let requests and queued invocations in flight
+    finish for up to `graceful_timeout_s`, stop every zygote and instance,
+    remove the cgroups. `task_status.started` gets the bound port.
+
+    Raises:
+        ConfigurationError: a non-loopback host without a token, and the like.
+    """
+    if not is_loopback(opts.host) and not opts.token:
+        raise ConfigurationError(
+            f"refusing to listen on {opts.host}: off loopback every request must carry a"
+            " token; pass --token (or set FASTFAAS_TOKEN)")
+    if opts.max_body_mb <= 0:
+        raise ConfigurationError("--max-body-mb must be > 0")
+    data_dir = opts.data_dir.resolve()
+    try:
+        store = Store(data_dir / "fastfaas.db")
+    except Exception as exc:
+        raise ConfigurationError(f"cannot open {data_dir / 'fastfaas.db'}: {exc}") from exc
+    try:
+        async with Runtime(data_dir, cgroups=opts.cgroups, warm_pool_size=opts.warm_pool_size,
+                           allow_source_builds=opts.allow_source_builds,
+                           pip_args=opts.pip_args) as rt:
+            restored = _restore(rt, store)
+            if opts.examples is not None:
+                await _deploy_examples(rt, store, opts.examples)
+            poller = Poller(store, rt, concurrency=opts.async_concurrency)
+            api = NativeApi(rt, store, poller.wake, token=opts.token,
+                            max_body=int(opts.max_body_mb * 1024 * 1024))
+            poller.on_result = api.record_async
+            listeners = await trio.open_tcp_listeners(opts.port, host=opts.host)
+            port = listeners[0].socket.getsockname()[1]
+            http = HttpServer(api, api.body_limit, opts.limits)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(poller.run)
+                http_done = trio.Event()
+
+                async def run_http() -> None:
+                    try:
+                        await http.serve(listeners)
+                    finally:
+                        http_done.set()
+
+                nursery.start_soon(run_http)
+                print(f"fastfaas: listening on http://{_url_host(opts.host)}:{port}"
+                      f" ({rt.statistics()['cgroups']['reason']}; {restored} function(s)"
+                      f" restored)", flush=True)
+                task_status.started(port)
+                await _wait_for_stop(stop)
+                print("fastfaas: stopping: finishing requests in flight", file=sys.stderr,
+                      flush=True)
+                http.close()
+                poller.stop_taking()
+                with trio.move_on_after(opts.graceful_timeout_s):
+                    await http_done.wait()
+                    await poller.wait_idle()
+                nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    print("fastfaas: stopped", file=sys.stderr, flush=True)
+
+
+async def _wait_for_stop(stop: trio.Event | None) -> None:
+    if stop is not None:
+        await stop.wait()
+        return
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+def _restore(rt: Runtime, store: Store) -> int:
+    count = 0
+    for fn in store.functions():
+        try:
+            rt.restore(fn.name, fn.config, fn.code_sha256)
+            count += 1
+        except FastfaasError as exc:
+            print(f"fastfaas: could not restore function {fn.name!r}: {exc}", file=sys.stderr)
+    return count
+
+
+async def _deploy_examples(rt: Runtime, store: Store, examples: Path) -> None:
+    from fastfaas.runtime.store import StoredFunction
+
+    if not examples.is_dir():
+        print(f"fastfaas: no examples directory at {examples}", file=sys.stderr)
+        return
+    for d in sorted(p for p in examples.iterdir() if p.is_dir()):
+        settings: dict[str, Any] = {"handler": "app.handler"}
+        config_file = d / "fastfaas.json"
+        try:
+            if config_file.exists():
+                settings.update(msgspec.json.decode(config_file.read_bytes()))
+            handler = settings.pop("handler")
+            info = await rt.deploy(d.name, d, handler, **settings)
+        except (FastfaasError, msgspec.DecodeError, OSError) as exc:
+            print(f"fastfaas: example {d.name} not deployed: {exc}", file=sys.stderr)
+            continue
+        store.put_function(StoredFunction(d.name, info["version"], rt.config(d.name),
+                                          info["code_sha256"]))
+        print(f"fastfaas: deployed example {d.name}", file=sys.stderr)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

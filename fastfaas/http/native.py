@@ -1,0 +1,351 @@
+"""fastfaas's native HTTP API (`/v1/...`, `/healthz`, `/metrics`) over the Runtime.
+
+Routes:
+    PUT    /v1/functions/{name}             create or replace (zip body, or JSON)
+    PATCH  /v1/functions/{name}             change configuration
+    GET    /v1/functions                    list
+    GET    /v1/functions/{name}             configuration, code hash, live state
+    DELETE /v1/functions/{name}             drain and stop
+    POST   /v1/functions/{name}/warm        claim a zygote now (import the code)
+    GET    /v1/functions/{name}/logs        recent invocations with their output
+    POST   /v1/functions/{name}/invoke      run it; `X-Fastfaas-Invocation-Type: Event` queues
+    GET    /v1/invocations/{id}             an asynchronous invocation's status and result
+    GET    /healthz, GET /metrics
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+import msgspec
+import trio
+
+from fastfaas import errors
+from fastfaas.config import FunctionConfig, check_name
+from fastfaas.errors import FastfaasError, InvalidRequestError
+from fastfaas.http.metrics import Metrics
+from fastfaas.http.protocol import Request
+from fastfaas.http.server import JSON, Response, error_response
+from fastfaas.runtime import code as code_bundles
+from fastfaas.runtime.results import InvocationResult
+from fastfaas.runtime.runtime import LATEST, Runtime
+from fastfaas.runtime.store import Store, StoredFunction
+
+MAX_DEPLOY_BODY: Final = code_bundles.MAX_ZIP_BYTES * 4 // 3 + (1 << 20)  # base64 in JSON
+CONFIG_FIELDS: Final = frozenset(FunctionConfig.__struct_fields__)
+ZIP_TYPES: Final = (b"application/zip", b"application/x-zip-compressed",
+                    b"application/octet-stream")
+
+_STATUS: Final[dict[type[FastfaasError], int]] = {
+    errors.InvalidRequestError: 400,
+    errors.FunctionNotFoundError: 404,
+    errors.RequestTooLargeError: 413,
+    errors.RuntimeClosedError: 503,
+}
+_encode = msgspec.json.encode
+
+Handler = Callable[[Request, str], Awaitable[Response]]
+
+
+class NativeApi:
+    """The native API as an HTTP App (see `fastfaas.http.server`).
+
+    Args:
+        runtime: runs the functions.
+        store: the registry and the async event queue (SQLite).
+        wake_poller: called after an event is queued.
+        token: when set, every request must carry `Authorization: Bearer <token>`.
+        max_body: the largest invocation body (default 6 MB).
+        health: extra fields for `/healthz`.
+    """
+
+    def __init__(self, runtime: Runtime, store: Store, wake_poller: Callable[[], None], *,
+                 token: str | None = None, max_body: int = 6 * 1024 * 1024,
+                 health: dict[str, Any] | None = None) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.wake_poller = wake_poller
+        self.metrics = Metrics()
+        self.max_body = max_body
+        self.health = health or {}
+        self._expected_auth = b"Bearer " + token.encode() if token else None
+        self._write_lock = trio.Lock()  # deploys and config changes, one at a time
+        self.started = time.time()
+
+    # --- the App ---------------------------------------------------------------
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        if method == b"PUT" and path.startswith(b"/v1/functions/"):
+            return MAX_DEPLOY_BODY
+        return self.max_body
+
+    async def __call__(self, req: Request) -> Response:
+        t0 = time.perf_counter_ns()
+        if self._expected_auth is not None and not hmac.compare_digest(
+                req.header(b"authorization"), self._expected_auth):
+            return self._error(401, "Unauthorized",
+                               "this server needs `Authorization: Bearer <token>`")
+        parts = req.path.split("/")
+        try:
+            # "", "v1", "functions", name, action
+            if len(parts) == 5 and parts[1] == "v1" and parts[2] == "functions":
+                if parts[4] == "invoke":
+                    if req.method != b"POST":
+                        return self._method_not_allowed("POST")
+                    return await self._invoke(req, parts[3], t0)
+                routes: dict[str, dict[bytes, Handler]] = {
+                    "logs": {b"GET": self._logs}, "warm": {b"POST": self._warm}}
+                return await self._dispatch(req, routes.get(parts[4]), parts[3])
+            if len(parts) == 4 and parts[1] == "v1" and parts[2] == "functions":
+                return await self._dispatch(req, {
+                    b"GET": self._get, b"PUT": self._put, b"PATCH": self._patch,
+                    b"DELETE": self._delete}, parts[3])
+            if len(parts) == 3 and parts[1] == "v1" and parts[2] == "functions":
+                return await self._dispatch(req, {b"GET": self._list}, "")
+            if len(parts) == 4 and parts[1] == "v1" and parts[2] == "invocations":
+                return await self._dispatch(req, {b"GET": self._invocation}, parts[3])
+            if req.path == "/healthz":
+                return await self._dispatch(req, {b"GET": self._healthz}, "")
+            if req.path == "/metrics":
+                return await self._dispatch(req, {b"GET": self._metrics}, "")
+            return self._error(404, "NotFound", f"no route for {req.path!r}")
+        except FastfaasError as exc:
+            return self._error(_STATUS.get(type(exc), 500), exc.code, str(exc))
+
+    async def _dispatch(self, req: Request, routes: dict[bytes, Handler] | None,
+                        arg: str) -> Response:
+        if routes is None:
+            return self._error(404, "NotFound", f"no route for {req.path!r}")
+        handler = routes.get(req.method)
+        if handler is None:
+            return self._method_not_allowed(", ".join(m.decode() for m in routes))
+        return await handler(req, arg)
+
+    def _error(self, status: int, code: str, message: str) -> Response:
+        self.metrics.http_errors[status] += 1
+        return error_response(status, code, message)
+
+    def _method_not_allowed(self, allowed: str) -> Response:
+        response = self._error(405, "MethodNotAllowed", f"this route allows {allowed}")
+        response.headers.append((b"allow", allowed.encode()))
+        return response
+
+    # --- invoke ------------------------------------------------------------------
+
+    async def _invoke(self, req: Request, name: str, t0: int) -> Response:
+        body = req.body or b"{}"
+        if req.header(b"x-fastfaas-invocation-type", b"RequestResponse") == b"Event":
+            return self._enqueue(name, body)
+        try:
+            result = await self.runtime.invoke(name, payload=body)
+        except FastfaasError as exc:
+            self.metrics.record(name, "none", exc.code, (time.perf_counter_ns() - t0) / 1e9)
+            raise
+        server_ns = time.perf_counter_ns() - t0
+        error = result.error
+        self.metrics.record(name, result.start, "success" if error is None else error.kind,
+                            server_ns / 1e9)
+        headers = [
+            (b"content-type", JSON),
+            (b"x-fastfaas-request-id", result.request_id.encode()),
+            (b"x-fastfaas-start", result.start.encode()),
+            (b"x-fastfaas-duration-us", b"%d" % result.duration_us),
+            (b"x-fastfaas-server-us", b"%d" % (server_ns // 1000)),
+            (b"x-fastfaas-instance", result.instance_id.encode()),
+        ]
+        if error is not None:
+            headers.append((b"x-fastfaas-function-error", error.kind.encode()))
+        return Response(200, result.payload, headers)
+
+    def _enqueue(self, name: str, body: bytes) -> Response:
+        check_name(name)
+        self.runtime.describe(name)  # FunctionNotFoundError before anything is queued
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"the event is not valid JSON: {exc}") from None
+        request_id = self.runtime.new_request_id()
+        self.store.put(request_id, name, LATEST, body)  # committed before the 202
+        self.wake_poller()
+        return Response(202, _encode({"request_id": request_id}), [
+            (b"content-type", JSON), (b"x-fastfaas-request-id", request_id.encode())])
+
+    def record_async(self, name: str, result: InvocationResult, seconds: float) -> None:
+        error = result.error
+        self.metrics.record(name, result.start, "success" if error is None else error.kind,
+                            seconds)
+
+    async def _invocation(self, req: Request, request_id: str) -> Response:
+        row = self.store.get(request_id)
+        if row is None:
+            return self._error(404, "InvocationNotFound",
+                               f"no asynchronous invocation has id {request_id!r}")
+        result, error = row.pop("result"), row.pop("error")
+        if row["status"] == "succeeded":
+            row["result"] = msgspec.Raw(result)
+        elif row["status"] == "failed":
+            row["error"] = msgspec.Raw(error.encode())
+        return Response(200, _encode(row))
+
+    # --- functions -------------------------------------------------------------
+
+    async def _put(self, req: Request, name: str) -> Response:
+        check_name(name)
+        content_type = req.header(b"content-type").partition(b";")[0].strip().lower()
+        if content_type in ZIP_TYPES:
+            fields = _query_fields(req.query)
+            zip_data = req.body
+        elif content_type == JSON:
+            fields = _json_object(req.body, "the request body")
+            encoded = fields.pop("code_zip_b64", None)
+            if not isinstance(encoded, str):
+                raise InvalidRequestError("a JSON deploy needs `code_zip_b64`: the code zip,"
+                                          " base64-encoded")
+            try:
+                zip_data = base64.b64decode(encoded, validate=True)
+            except binascii.Error as exc:
+                raise InvalidRequestError(f"code_zip_b64 is not valid base64: {exc}") from None
+        else:
+            raise InvalidRequestError(
+                "send the code as an `application/zip` body (configuration in the query"
+                " string) or as JSON with `code_zip_b64`; got Content-Type"
+                f" {content_type.decode(errors='replace') or 'none'!r}")
+        _check_fields(fields)
+        handler = fields.pop("handler", None)
+        if not isinstance(handler, str):
+            raise InvalidRequestError("`handler` is required, as 'module.function'")
+        if not zip_data:
+            raise InvalidRequestError("the code zip is empty")
+        async with self._write_lock:
+            created = name not in self.runtime.functions()
+            info = await self.runtime.deploy(name, zip_data, handler, **fields)
+            self._save(name)
+        return Response(201 if created else 200, _encode(info))
+
+    async def _patch(self, req: Request, name: str) -> Response:
+        check_name(name)
+        content_type = req.header(b"content-type").partition(b";")[0].strip().lower()
+        if content_type == JSON or req.body:
+            fields = _json_object(req.body, "the request body")
+        else:
+            fields = _query_fields(req.query)
+        _check_fields(fields)
+        if not fields:
+            raise InvalidRequestError("PATCH needs at least one configuration field")
+        async with self._write_lock:
+            info = await self.runtime.update_config(name, **fields)
+            self._save(name)
+        return Response(200, _encode(info))
+
+    def _save(self, name: str) -> None:
+        info = self.runtime.describe(name)
+        self.store.put_function(StoredFunction(name, info["version"], self.runtime.config(name),
+                                               info["code_sha256"]))
+
+    async def _get(self, req: Request, name: str) -> Response:
+        check_name(name)
+        return Response(200, _encode(self.runtime.describe(name)))
+
+    async def _list(self, req: Request, _: str) -> Response:
+        rt = self.runtime
+        return Response(200, _encode({"functions": [rt.describe(n) for n in rt.functions()]}))
+
+    async def _delete(self, req: Request, name: str) -> Response:
+        check_name(name)
+        async with self._write_lock:
+            await self.runtime.delete(name)
+            self.store.delete_function(name, LATEST)
+        return Response(200, _encode({"name": name, "deleted": True}))
+
+    async def _warm(self, req: Request, name: str) -> Response:
+        check_name(name)
+        error = await self.runtime.warm(name)
+        body: dict[str, Any] = {"name": name, "ready": error is None}
+        if error is not None:
+            body["error"] = {"errorType": error.error_type, "errorMessage": error.error_message,
+                             "stackTrace": error.stack_trace, "kind": error.kind}
+        headers = [(b"content-type", JSON)]
+        if error is not None:
+            headers.append((b"x-fastfaas-function-error", error.kind.encode()))
+        return Response(200, _encode(body), headers)
+
+    async def _logs(self, req: Request, name: str) -> Response:
+        check_name(name)
+        query = dict(parse_qsl(req.query.decode("latin-1")))
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            raise InvalidRequestError("limit must be an integer") from None
+        entries = [{
+            "time": e.time, "request_id": e.request_id, "start": e.start,
+            "duration_us": e.duration_us, "error": e.error,
+            "log": e.log.decode("utf-8", errors="replace"),
+        } for e in self.runtime.logs(name, limit)]
+        return Response(200, _encode({"name": name, "entries": entries}))
+
+    # --- health and metrics ------------------------------------------------------
+
+    async def _healthz(self, req: Request, _: str) -> Response:
+        stats = self.runtime.statistics()
+        cg = stats["cgroups"]
+        instances: dict[str, int] = {}
+        for state in stats["functions"].values():
+            for kind, n in state["instances"].items():
+                instances[kind] = instances.get(kind, 0) + n
+        return Response(200, _encode({
+            "status": "ok",
+            "cgroups": {"mode": cg["mode"], "enabled": cg["enabled"], "reason": cg["reason"]},
+            "isolation": "standard" if cg["enabled"] else "none",
+            "functions": len(stats["functions"]),
+            "zygotes": stats["zygotes"],
+            "warming_pool": stats["warming_pool"]["ready"],
+            "instances": instances,
+            "queued": self.store.queued_count(),
+            "uptime_s": round(time.time() - self.started, 3),
+            **self.health,
+        }))
+
+    async def _metrics(self, req: Request, _: str) -> Response:
+        body = self.metrics.render(self.runtime.statistics(), self.store.queued_count())
+        return Response(200, body, [(b"content-type", b"text/plain; version=0.0.4")])
+
+
+def _query_fields(query: bytes) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    try:
+        pairs = parse_qsl(query.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestError(f"bad query string: {exc}") from None
+    for key, value in pairs:
+        if key in fields:
+            raise InvalidRequestError(f"query parameter {key!r} is given twice")
+        if key == "env":
+            env = _json_object(value.encode(), "env (JSON-encoded in the query string)")
+            fields[key] = env
+        else:
+            fields[key] = None if value in ("", "null") else value
+    return fields
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{what} must be a JSON object")
+    return value
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    unknown = sorted(set(fields) - CONFIG_FIELDS)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown configuration field(s) {', '.join(map(repr, unknown))}; known:"
+            f" {', '.join(sorted(CONFIG_FIELDS))}")

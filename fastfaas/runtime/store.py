@@ -1,0 +1,201 @@
+"""Persistent state in SQLite (WAL): the function registry and the async event queue.
+
+Both sit behind small interfaces (`Registry`, `EventQueue`) so that a later
+move to another engine changes this module only. The connection is used from
+the trio thread: with WAL and `synchronous=NORMAL` a commit is an append to
+the log, durable against the server being killed (not against the machine
+losing power), and takes tens of microseconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from fastfaas.config import FunctionConfig
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    config TEXT NOT NULL,
+    code_sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS invocations (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    version TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    status TEXT NOT NULL,
+    result BLOB,
+    error TEXT,
+    start TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS invocations_by_status ON invocations (status, created_at);
+"""
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+
+
+class StoredFunction(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    config: FunctionConfig
+    code_sha256: str
+
+
+class QueuedEvent(msgspec.Struct, frozen=True):
+    id: str
+    function: str
+    version: str
+    payload: bytes
+    attempts: int
+
+
+class Registry(Protocol):
+    def put_function(self, fn: StoredFunction) -> None: ...
+    def delete_function(self, name: str, version: str) -> None: ...
+    def functions(self) -> list[StoredFunction]: ...
+
+
+class EventQueue(Protocol):
+    """Accepted asynchronous invocations: committed before the 202, run at least once."""
+
+    def put(self, request_id: str, function: str, version: str, payload: bytes) -> None: ...
+    def take(self, limit: int) -> list[QueuedEvent]: ...
+    def finish(self, request_id: str, ok: bool, result: bytes, error: str | None,
+               start: str) -> None: ...
+    def get(self, request_id: str) -> dict[str, Any] | None: ...
+    def requeue(self, request_id: str) -> None: ...
+    def requeue_running(self) -> int: ...
+
+
+class Store:
+    """fastfaas.db in the data directory: Registry and EventQueue in one database."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{path} has schema version {version}; this fastfaas knows {SCHEMA_VERSION}:"
+                " upgrade fastfaas or use another --data-dir")
+        self._db.executescript(
+            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> Any:
+        return _Transaction(self._db)
+
+    # --- Registry --------------------------------------------------------------
+
+    def put_function(self, fn: StoredFunction) -> None:
+        now = time.time()
+        config = msgspec.json.encode(fn.config).decode()
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO functions (name, version, config, code_sha256, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name, version) DO UPDATE"
+                " SET config = excluded.config, code_sha256 = excluded.code_sha256,"
+                " updated_at = excluded.updated_at",
+                (fn.name, fn.version, config, fn.code_sha256, now, now))
+
+    def delete_function(self, name: str, version: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM functions WHERE name = ? AND version = ?",
+                             (name, version))
+
+    def functions(self) -> list[StoredFunction]:
+        rows = self._db.execute(
+            "SELECT name, version, config, code_sha256 FROM functions ORDER BY name, version")
+        return [StoredFunction(name, version, msgspec.json.decode(config, type=FunctionConfig),
+                               sha) for name, version, config, sha in rows]
+
+    # --- EventQueue ------------------------------------------------------------
+
+    def put(self, request_id: str, function: str, version: str, payload: bytes) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO invocations (id, function, version, payload, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (request_id, function, version, payload, QUEUED, time.time()))
+
+    def take(self, limit: int) -> list[QueuedEvent]:
+        """Mark up to `limit` queued events running, oldest first, and return them."""
+        now = time.time()
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT id, function, version, payload, attempts FROM invocations"
+                " WHERE status = ? ORDER BY created_at LIMIT ?", (QUEUED, limit)).fetchall()
+            self._db.executemany(
+                "UPDATE invocations SET status = ?, started_at = ?, attempts = attempts + 1"
+                " WHERE id = ?", [(RUNNING, now, row[0]) for row in rows])
+        return [QueuedEvent(i, f, v, p, a + 1) for i, f, v, p, a in rows]
+
+    def finish(self, request_id: str, ok: bool, result: bytes, error: str | None,
+               start: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE invocations SET status = ?, result = ?, error = ?, start = ?,"
+                " finished_at = ? WHERE id = ?",
+                (SUCCEEDED if ok else FAILED, result, error, start, time.time(), request_id))
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT id, function, version, status, result, error, start, attempts, created_at,"
+            " started_at, finished_at FROM invocations WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        keys = ("request_id", "function", "version", "status", "result", "error", "start",
+                "attempts", "created_at", "started_at", "finished_at")
+        return dict(zip(keys, row, strict=True))
+
+    def requeue(self, request_id: str) -> None:
+        """An event taken but not finished (the server is stopping) waits again."""
+        with self._transaction():
+            self._db.execute("UPDATE invocations SET status = ? WHERE id = ? AND status = ?",
+                             (QUEUED, request_id, RUNNING))
+
+    def requeue_running(self) -> int:
+        """At start: events a dead server was running go back to the queue (at least once)."""
+        with self._transaction():
+            cur = self._db.execute("UPDATE invocations SET status = ? WHERE status = ?",
+                                   (QUEUED, RUNNING))
+        return cur.rowcount
+
+    def queued_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM invocations WHERE status = ?",
+                                    (QUEUED,)).fetchone()[0])
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (autocommit connection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
