@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/starts.py
 
 serve: $(STAMP)
-	$(PY) -m fastfaas demo
+	$(PY) -m fastfaas serve --examples
 
 clean:
 	rm -rf build *.egg-info fastfaas/*.so csrc/_native.c .pytest_cache .mypy_cache .ruff_cache

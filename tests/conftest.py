@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,99 @@ def make_function(tmp_path: Path) -> Callable[..., Path]:
 async def runtime(tmp_path: Path, cgroups_mode: str) -> AsyncIterator[fastfaas.Runtime]:
     async with fastfaas.Runtime(data_dir=tmp_path / "data", cgroups=cgroups_mode) as rt:
         yield rt
+
+
+# --- a real `fastfaas serve` process ---------------------------------------------
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class ServerProcess:
+    """`python -m fastfaas serve --port 0` in a subprocess, ready when it says so."""
+
+    def __init__(self, data_dir: Path, cgroups_mode: str, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        cmd = [sys.executable, "-m", "fastfaas", "serve", "--port", "0", "--data-dir",
+               str(data_dir), "--cgroups", cgroups_mode, *args]
+        self.log_path = data_dir.parent / f"{data_dir.name}.stderr"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                         env={**os.environ, **(env or {})})
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until ready or dead (pytest-timeout)
+        if "listening on" not in line:
+            self.proc.wait()
+            self.proc.stdout.close()
+            raise RuntimeError(f"the server did not start: {line!r}\n{self.stderr()}")
+        self.url = line.split("listening on ", 1)[1].split()[0]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def stderr(self) -> str:
+        """What the server wrote on stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal the server, wait for it; every process it started must be gone."""
+        if self.proc.poll() is not None:
+            self._close_pipe()
+            return self.proc.returncode
+        below = descendants(self.proc.pid)
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._close_pipe()
+        if sig != signal.SIGKILL:
+            left = [p for p in below if alive(p)]
+            assert not left, f"processes left behind after the server stopped: {left}"
+        return code
+
+    def _close_pipe(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, cgroups_mode: str) -> Iterator[Callable[..., ServerProcess]]:
+    """start_server(*serve_args, data_dir=..., env=...) -> a running ServerProcess.
+
+    Every server started is stopped (SIGTERM) at the end of the test.
+    """
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, data_dir: Path | None = None,
+              env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path / "server-data", cgroups_mode, *args,
+                               env=env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from fastfaas.errors import InvalidRequestError
+from fastfaas.errors import InvalidRequestError, RequestTooLargeError
 
 MAX_ZIP_BYTES = 50 * 1024 * 1024
 MAX_UNZIPPED_BYTES = 250 * 1024 * 1024
@@ -56,13 +56,14 @@ def unpack(zip_data: bytes, code_root: Path,
     A `requirements.txt` at the bundle's top is installed into the same
     directory by `requirements` (without one, its presence is an error).
 
-    Raises InvalidRequestError for a bad zip: not a zip, too large, paths
-    outside the bundle, links; or a failed install, with pip's output. File
+    Raises InvalidRequestError for a bad zip (not a zip, paths outside the
+    bundle, links) or a failed install, with pip's output;
+    RequestTooLargeError for a zip, or its unzipped size, over the limits. File
     modes are normalised (0644, 0755 for executables, 0755 directories) so a
     sandboxed instance can read them.
     """
     if len(zip_data) > MAX_ZIP_BYTES:
-        raise InvalidRequestError(
+        raise RequestTooLargeError(
             f"code zip is {len(zip_data)} bytes; the limit is {MAX_ZIP_BYTES} bytes"
         )
     sha = hashlib.sha256(zip_data).hexdigest()
@@ -83,7 +84,7 @@ def unpack(zip_data: bytes, code_root: Path,
             raise InvalidRequestError(f"code zip entry {info.filename!r} is a symbolic link")
         total += info.file_size
     if total > MAX_UNZIPPED_BYTES:
-        raise InvalidRequestError(
+        raise RequestTooLargeError(
             f"code unzips to {total} bytes; the limit is {MAX_UNZIPPED_BYTES} bytes"
         )
     code_root.mkdir(parents=True, exist_ok=True)
