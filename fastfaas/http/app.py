@@ -68,10 +68,15 @@ async def serve(opts: ServeOptions, *, stop: trio.Event | None = None,
             " token; pass --token (or set FASTFAAS_TOKEN)")
     if opts.max_body_mb <= 0:
         raise ConfigurationError("--max-body-mb must be > 0")
+    # Bind first: a busy port fails at once, before any process is started.
+    listeners = await trio.open_tcp_listeners(opts.port, host=opts.host)
+    port = listeners[0].socket.getsockname()[1]
     data_dir = opts.data_dir.resolve()
     try:
         store = Store(data_dir / "fastfaas.db")
     except Exception as exc:
+        for listener in listeners:
+            await listener.aclose()
         raise ConfigurationError(f"cannot open {data_dir / 'fastfaas.db'}: {exc}") from exc
     try:
         async with Runtime(data_dir, cgroups=opts.cgroups, warm_pool_size=opts.warm_pool_size,
@@ -84,8 +89,6 @@ async def serve(opts: ServeOptions, *, stop: trio.Event | None = None,
             api = NativeApi(rt, store, poller.wake, token=opts.token,
                             max_body=int(opts.max_body_mb * 1024 * 1024))
             poller.on_result = api.record_async
-            listeners = await trio.open_tcp_listeners(opts.port, host=opts.host)
-            port = listeners[0].socket.getsockname()[1]
             http = HttpServer(api, api.body_limit, opts.limits)
             async with trio.open_nursery() as nursery:
                 await nursery.start(poller.run)
@@ -101,6 +104,8 @@ async def serve(opts: ServeOptions, *, stop: trio.Event | None = None,
                 print(f"fastfaas: listening on http://{_url_host(opts.host)}:{port}"
                       f" ({rt.statistics()['cgroups']['reason']}; {restored} function(s)"
                       f" restored)", flush=True)
+                if "hello" in rt.functions():
+                    _print_try_lines(opts, port)
                 task_status.started(port)
                 await _wait_for_stop(stop)
                 print("fastfaas: stopping: finishing requests in flight", file=sys.stderr,
@@ -113,6 +118,9 @@ async def serve(opts: ServeOptions, *, stop: trio.Event | None = None,
                 nursery.cancel_scope.cancel()
     finally:
         store.close()
+        with trio.CancelScope(shield=True):
+            for listener in listeners:
+                await listener.aclose()  # already closed after serving; not if start failed
     print("fastfaas: stopped", file=sys.stderr, flush=True)
 
 
@@ -156,6 +164,16 @@ async def _deploy_examples(rt: Runtime, store: Store, examples: Path) -> None:
         store.put_function(StoredFunction(d.name, info["version"], rt.config(d.name),
                                           info["code_sha256"]))
         print(f"fastfaas: deployed example {d.name}", file=sys.stderr)
+
+
+def _print_try_lines(opts: ServeOptions, port: int) -> None:
+    url = f"http://{_url_host(opts.host)}:{port}"
+    event = """'{"name": "you"}'"""
+    auth = ' -H "Authorization: Bearer $FASTFAAS_TOKEN"' if opts.token else ""
+    flags = "" if url == "http://127.0.0.1:8080" else f" --url {url}"
+    flags += " --token $FASTFAAS_TOKEN" if opts.token else ""
+    print(f"try:\n  curl -s -X POST{auth} {url}/v1/functions/hello/invoke -d {event}\n"
+          f"  .venv/bin/fastfaas invoke hello {event}{flags}", flush=True)
 
 
 def _url_host(host: str) -> str:
