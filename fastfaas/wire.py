@@ -222,7 +222,7 @@ def parse_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 def incoming(data: bytes, fds: list[int], flags: int) -> tuple[bytes, list[int]]:
     """Undo `outgoing`: read a memfd message; raise FrameError on a truncated one."""
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+    if flags & _TRUNCATED:
         close_all(fds)
         raise FrameError("message or its descriptors were truncated")
     if data == _MEMFD_MARK:
@@ -242,7 +242,8 @@ def close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
-RECV_FLAGS: Final = socket.MSG_CMSG_CLOEXEC
+RECV_FLAGS: Final = int(socket.MSG_CMSG_CLOEXEC)
+_TRUNCATED: Final = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)  # plain ints: enum ops are slow
 
 
 class BlockingChannel:

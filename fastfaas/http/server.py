@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -63,8 +65,25 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 1024
 
 
+class _Conn:
+    """One connection's socket and timers. `deadline` is checked by the sweeper."""
+
+    __slots__ = ("deadline", "idle", "scope", "sock", "timed_out")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = math.inf
+        self.idle = True
+        self.scope = trio.CancelScope()
+        self.timed_out = False
+
+
 class HttpServer:
     """Serve an App on listeners until `close()`; then finish what is in flight.
+
+    Connections use their sockets directly (non-blocking calls, waiting in
+    trio only when a call would block) and one sweeper task enforces the
+    timeouts: no cancel scope or scheduler round trip per request.
 
     Args:
         app: answers one request.
@@ -77,101 +96,134 @@ class HttpServer:
         self.body_limit = body_limit
         self.limits = limits or Limits()
         self.closing = False
-        self.connections = 0
         self.requests = 0
         self._in_flight = 0
-        self._idle_scopes: set[trio.CancelScope] = set()
+        self._conns: set[_Conn] = set()
+        self._no_conns = trio.Event()
         self._accept_scope: trio.CancelScope | None = None
         self._slots = trio.Semaphore(self.limits.max_connections)
+        shortest = min(self.limits.header_timeout_s, self.limits.body_timeout_s,
+                       self.limits.keepalive_timeout_s)
+        self._sweep_every = min(1.0, shortest / 8)
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
     async def serve(self, listeners: list[trio.SocketListener], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept on the listeners until close(); returns when every connection is done."""
         async with trio.open_nursery() as conns:
-            with trio.CancelScope() as self._accept_scope:
-                async with trio.open_nursery() as accepters:
+            sweeper = trio.CancelScope()
+            conns.start_soon(self._sweep, sweeper)
+            try:
+                with trio.CancelScope() as self._accept_scope:
+                    async with trio.open_nursery() as accepters:
+                        for listener in listeners:
+                            accepters.start_soon(self._accept, listener, conns)
+                        task_status.started()
+            finally:
+                with trio.CancelScope(shield=True):
                     for listener in listeners:
-                        accepters.start_soon(self._accept, listener, conns)
-                    task_status.started()
-            for listener in listeners:
-                await listener.aclose()
+                        await listener.aclose()
+            while self._conns:
+                self._no_conns = trio.Event()
+                await self._no_conns.wait()
+            sweeper.cancel()
 
     def close(self) -> None:
         """Stop accepting; idle connections close, busy ones close after their response."""
         self.closing = True
         if self._accept_scope is not None:
             self._accept_scope.cancel()
-        for scope in self._idle_scopes:
-            scope.cancel()
+        for conn in self._conns:
+            if conn.idle:
+                conn.scope.cancel()
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
+    async def _sweep(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(self._sweep_every)
+                now = trio.current_time()
+                for conn in self._conns:
+                    if conn.deadline <= now:
+                        conn.timed_out = True
+                        conn.scope.cancel()
 
     async def _accept(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
         while True:
             await self._slots.acquire()
             try:
                 stream = await listener.accept()
+                # Our own socket object on a duplicate of the descriptor: plain
+                # non-blocking calls on the hot path instead of trio's wrappers.
+                try:
+                    sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await stream.aclose()
             except BaseException:
                 self._slots.release()
                 raise
-            conns.start_soon(self._serve_connection, stream)
+            sock.setblocking(False)
+            conns.start_soon(self._serve_connection, _Conn(sock))
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
+    async def _serve_connection(self, conn: _Conn) -> None:
+        self._conns.add(conn)
         try:
-            await self._connection(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            with conn.scope:
+                await self._connection(conn)
+            if conn.timed_out and not conn.idle:
+                await self._send_error(conn.sock, 408, "RequestTimeout",
+                                       "the request did not arrive in time")
+        except OSError:
             pass  # the peer went away; an invocation it started still ran to its end
         finally:
             self._slots.release()
-            self.connections -= 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            self._conns.discard(conn)
+            if not self._conns:
+                self._no_conns.set()
+            with contextlib.suppress(RuntimeError):
+                trio.lowlevel.notify_closing(conn.sock)
+            conn.sock.close()
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, conn: _Conn) -> None:
         limits = self.limits
-        conn = ServerConnection(self.body_limit, limits.max_header_bytes)
-        headers_deadline = math.inf
+        sock = conn.sock
+        parser = ServerConnection(self.body_limit, limits.max_header_bytes)
+        conn.deadline = trio.current_time() + limits.keepalive_timeout_s
         while True:
-            request = conn.next_request()
+            request = parser.next_request()
             if request is None:
-                if conn.closed or (self.closing and not conn.in_request):
+                if parser.closed or (self.closing and not parser.in_request):
                     return
-                if not conn.in_request:
-                    deadline = trio.current_time() + limits.keepalive_timeout_s
-                elif not conn.headers_done:
-                    deadline = headers_deadline
-                else:
-                    deadline = trio.current_time() + limits.body_timeout_s
-                idle = not conn.in_request
-                with trio.CancelScope(deadline=deadline) as scope:
-                    if idle:
-                        self._idle_scopes.add(scope)
-                    try:
-                        data = await stream.receive_some(RECEIVE_BYTES)
-                    finally:
-                        if idle:
-                            self._idle_scopes.discard(scope)
-                if scope.cancelled_caught:
-                    if conn.in_request:
-                        await self._send_error(stream, 408, "RequestTimeout",
-                                               "the request did not arrive in time")
-                    return
-                was_in_request = conn.in_request
+                conn.idle = not parser.in_request
                 try:
-                    conn.receive_data(data)
+                    data = sock.recv(RECEIVE_BYTES)
+                except BlockingIOError:
+                    if parser.in_request and parser.headers_done:
+                        conn.deadline = trio.current_time() + limits.body_timeout_s
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                was_in_request = parser.in_request
+                try:
+                    parser.receive_data(data)
                 except ProtocolError as exc:
                     code = "RequestTooLarge" if exc.status == 413 else "BadRequest"
-                    await self._send_error(stream, exc.status, code, exc.message)
+                    await self._send_error(sock, exc.status, code, exc.message)
                     return
-                if not was_in_request:
-                    headers_deadline = trio.current_time() + limits.header_timeout_s
-                interim = conn.data_to_send()
+                if not was_in_request and parser.in_request:
+                    conn.deadline = trio.current_time() + limits.header_timeout_s
+                interim = parser.data_to_send()
                 if interim:
-                    await stream.send_all(interim)
+                    await _send_all(sock, interim)
                 continue
+            conn.idle = False
+            conn.deadline = math.inf  # the app's time is not the client's
             self._in_flight += 1
             try:
                 response = await self.app(request)
@@ -179,14 +231,27 @@ class HttpServer:
                 self._in_flight -= 1
                 self.requests += 1
             keep_alive = request.keep_alive and not self.closing
-            await stream.send_all(encode_response(response.status, response.headers,
+            await _send_all(sock, encode_response(response.status, response.headers,
                                                   response.body, keep_alive))
             if not keep_alive:
                 return
+            conn.deadline = trio.current_time() + limits.keepalive_timeout_s
 
-    async def _send_error(self, stream: trio.SocketStream, status: int, code: str,
+    async def _send_error(self, sock: socket.socket, status: int, code: str,
                           message: str) -> None:
         response = error_response(status, code, message)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(encode_response(status, response.headers, response.body,
+        with contextlib.suppress(OSError), trio.move_on_after(5):
+            await _send_all(sock, encode_response(status, response.headers, response.body,
                                                   keep_alive=False))
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    """Send everything; waits in trio only when the socket buffer is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        view = view[sent:]

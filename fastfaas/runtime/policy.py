@@ -56,53 +56,68 @@ def pool_deficit(*, target: int, ready: int, forking: int) -> int:
 
 
 class Deadline:
-    """One invocation's deadline in a Deadlines heap; set `done` when it finished."""
+    """One invocation's deadline in a Deadlines heap; `finish()` it when the call ends."""
 
-    __slots__ = ("at", "done", "key", "seq")
+    __slots__ = ("_owner", "at", "done", "key")
 
-    def __init__(self, at: float, seq: int, key: Any) -> None:
+    def __init__(self, at: float, key: Any, owner: Deadlines) -> None:
         self.at = at
-        self.seq = seq
         self.key = key
         self.done = False
+        self._owner = owner
 
-    def __lt__(self, other: Deadline) -> bool:
-        return (self.at, self.seq) < (other.at, other.seq)
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self._owner._live -= 1
 
 
 class Deadlines:
-    """Deadlines of invocations in flight: O(log n) to add, O(1) to finish
-    (finished entries are dropped lazily, when they reach the top)."""
+    """Deadlines of invocations in flight: O(log n) to add, O(1) to finish.
+
+    Finished entries are dropped lazily, when they reach the top, and the
+    heap is rebuilt when they outnumber the live ones: otherwise a long
+    `timeout_s` under load would pile up millions of finished entries for
+    the watcher to pop at once. Heap items are (at, seq, entry) tuples, so
+    comparisons run in C.
+    """
 
     def __init__(self) -> None:
-        self._heap: list[Deadline] = []
+        self._heap: list[tuple[float, int, Deadline]] = []
         self._seq = itertools.count()
+        self._live = 0
 
     def __len__(self) -> int:
-        return sum(1 for d in self._heap if not d.done)
+        return self._live
 
     def push(self, at: float, key: Any) -> Deadline:
-        entry = Deadline(at, next(self._seq), key)
-        heapq.heappush(self._heap, entry)
+        entry = Deadline(at, key, self)
+        heap = self._heap
+        if len(heap) > 64 and len(heap) > 2 * self._live:
+            heap[:] = [item for item in heap if not item[2].done]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (at, next(self._seq), entry))
+        self._live += 1
         return entry
 
     def _drop_done(self) -> None:
-        while self._heap and self._heap[0].done:
-            heapq.heappop(self._heap)
+        heap = self._heap
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of an unfinished invocation."""
         self._drop_done()
-        return self._heap[0].at if self._heap else None
+        return self._heap[0][0] if self._heap else None
 
     def expired(self, now: float) -> list[Any]:
-        """Keys of unfinished invocations whose deadline is <= now (removed)."""
+        """Keys of unfinished invocations whose deadline is <= now (finished)."""
         out = []
         self._drop_done()
-        while self._heap and self._heap[0].at <= now:
-            entry = heapq.heappop(self._heap)
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)[2]
             if not entry.done:
-                entry.done = True
+                entry.finish()
                 out.append(entry.key)
             self._drop_done()
         return out

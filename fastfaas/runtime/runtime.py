@@ -55,6 +55,7 @@ from fastfaas.worker.template import EXIT_BOOT_FAILED
 LATEST = "$LATEST"
 EXIT_STATUS_WAIT_S = 2.0
 WARMUP_TIMEOUT_S = 10.0
+MIN_TIMEOUT_S = 1.0  # the smallest timeout_s
 _json_encode = msgspec.json.encode
 
 
@@ -96,9 +97,10 @@ class Runtime:
         warm_pool_size: generic zygotes forked ahead of need.
         spares: spare instances each function zygote keeps forked and ready.
         cgroup_pool_size: instance cgroups created ahead of need.
-        spin_us: how long to poll for a reply before sleeping, while no other
-            task is runnable (0: never): a short handler's result then does
-            not wait for an idle CPU to wake.
+        spin_us: how long to poll for a reply before sleeping, when it is
+            the only invocation in flight and no other task is runnable (0:
+            never): a short handler's result then does not wait for an idle
+            CPU to wake.
         python: the interpreter for the template zygote.
         allow_source_builds: let pip build a bundle's requirements from
             source (runs their build code); by default binary wheels only.
@@ -128,6 +130,7 @@ class Runtime:
         self.spares = spares
         self.cgroup_pool_size = cgroup_pool_size
         self.spin_ns = spin_us * 1000
+        self._running = 0  # invocations in flight, all functions
         self.python = python
         self.requirements = code_bundles.Requirements(
             python, self.data_dir / "deps", allow_source_builds=allow_source_builds,
@@ -476,6 +479,7 @@ class Runtime:
     async def _invoke_once(self, fv: FunctionVersion, raw: bytes,
                            request_id: str) -> InvocationResult:
         fv.in_flight += 1  # counts as busy for the reaper until the finally below
+        self._running += 1
         start = "warm"
         try:
             got = self.table.acquire(fv.slot)
@@ -498,6 +502,7 @@ class Runtime:
             return await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
         finally:
             fv.in_flight -= 1
+            self._running -= 1
             fv.last_used = trio.current_time()
             if start != "warm":  # replace the spare taken, after this call, not during it
                 self._want_spares(fv)
@@ -741,21 +746,23 @@ class Runtime:
                 try:
                     await inst.chan.send_bytes(invocation.data, [])
                 except OSError:
-                    entry.done = True  # dead before it got the event: try another
+                    entry.finish()  # dead before it got the event: try another
                     self._retire(inst)
                     raise _Retry() from None
             try:
-                got = await inst.chan.recv(self.spin_ns)
+                # Spin only for a lone invocation: with others in flight their
+                # replies and requests arrive meanwhile, and the loop must run.
+                got = await inst.chan.recv(self.spin_ns if self._running == 1 else 0)
             except (OSError, wire.FrameError):
                 got = None
         except trio.Cancelled:
             if self._nursery is not None and not self._closing:
                 self._nursery.start_soon(self._finish_abandoned, inst, entry, cpu_base)
             else:
-                entry.done = True
+                entry.finish()
                 self._retire(inst)
             raise
-        entry.done = True
+        entry.finish()
         return await self._finish(fv, inst, start, request_id, got, cpu_base)
 
     async def _finish(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
@@ -821,16 +828,22 @@ class Runtime:
                 got = await inst.chan.recv()
             except (OSError, wire.FrameError):
                 got = None
-            entry.done = True
+            entry.finish()
             self.counters["abandoned"] += 1
             await self._finish(inst.fv, inst, "abandoned", "", got, cpu_base)
 
     @trio.lowlevel.enable_ki_protection
     async def _watch_deadlines(self) -> None:
-        """Kill instances whose invocation passed its deadline (their recv then sees EOF)."""
+        """Kill instances whose invocation passed its deadline (their recv then sees EOF).
+
+        With nothing in flight it still wakes every MIN_TIMEOUT_S: a new
+        invocation's deadline is then never earlier than the wake-up, so a
+        call after a quiet spell does not have to wake this task.
+        """
         while True:
             nxt = self._deadlines.next_deadline()
-            self._watching_until = nxt if nxt is not None else math.inf
+            self._watching_until = (
+                nxt if nxt is not None else trio.current_time() + MIN_TIMEOUT_S)
             with trio.move_on_at(self._watching_until):
                 await self._deadline_lot.park()
                 continue  # an earlier deadline arrived: look again

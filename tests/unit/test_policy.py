@@ -60,11 +60,11 @@ def test_deadlines_expire_in_order_and_finished_ones_never() -> None:
     d.push(3.0, "b")
     c = d.push(4.0, "c")
     assert d.next_deadline() == 3.0
-    c.done = True
+    c.finish()
     assert d.expired(4.5) == ["b"]
     assert d.next_deadline() == 5.0
     assert d.expired(4.9) == []
-    a.done = True
+    a.finish()
     assert d.next_deadline() is None
     assert d.expired(100.0) == []
     assert len(d) == 0
@@ -97,7 +97,21 @@ async def test_a_deadline_watcher_fires_at_each_deadline(
         lot.unpark_all()
         done = d.push(start + 5, "finished in time")
         await trio.sleep(3)  # t = 4: finished before its deadline at 5
-        done.done = True
+        done.finish()
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
     assert fired == [("fast", 3.0), ("slow", 10.0)]
+
+
+def test_finished_deadlines_do_not_pile_up() -> None:
+    """Under load with a long timeout, finished entries are compacted away as
+    new ones arrive, not left for the watcher to pop all at once."""
+    d = policy.Deadlines()
+    keep = d.push(900.0, "long-running")
+    for i in range(100_000):
+        d.push(1.0 + i * 1e-6, i).finish()
+    assert len(d) == 1
+    assert len(d._heap) <= 200  # bounded by twice the live entries, plus slack
+    assert d.next_deadline() == 900.0
+    keep.finish()
+    assert d.next_deadline() is None
