@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv build test lint typecheck unit integration bench serve clean
+.PHONY: venv build test lint typecheck unit integration bench bench-http serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ integration: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/starts.py
+
+bench-http: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench-http needs wrk: apt-get install -y wrk"; exit 1; }
+	$(PIP) install -q -c constraints.txt -e '.[bench]' --no-build-isolation
+	$(PY) bench/http_warm.py
 
 serve: $(STAMP)
 	$(PY) -m fastfaas serve --examples
