@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest invocation body (default 6)")
     s.add_argument("--graceful-timeout-s", type=float, default=30.0,
                    help="how long in-flight work may finish at a stop (default 30)")
+    s.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a request's headers must arrive within this time (default 10)")
+    s.add_argument("--keepalive-timeout-s", type=float, default=60.0,
+                   help="idle connections close after this time (default 60)")
     s.add_argument("--cgroups", choices=("auto", "require", "off"), default="auto",
                    help="cgroups where writable (auto), or fail without (require), or rlimits")
     s.add_argument("--warm-pool-size", type=int, default=2,
@@ -126,13 +130,20 @@ def _serve(args: argparse.Namespace) -> None:
     import trio
 
     from fastfaas.http.app import ConfigurationError, ServeOptions, serve
+    from fastfaas.http.server import Limits
+
+    if min(args.header_timeout_s, args.keepalive_timeout_s, args.graceful_timeout_s) <= 0:
+        print("fastfaas: timeouts must be > 0", file=sys.stderr)
+        sys.exit(2)
 
     opts = ServeOptions(
         host=args.host, port=args.port, data_dir=args.data_dir, examples=args.examples,
         token=args.token, max_body_mb=args.max_body_mb,
         graceful_timeout_s=args.graceful_timeout_s, cgroups=args.cgroups,
         warm_pool_size=args.warm_pool_size, allow_source_builds=args.allow_source_builds,
-        pip_args=tuple(args.pip_arg))
+        pip_args=tuple(args.pip_arg),
+        limits=Limits(header_timeout_s=args.header_timeout_s,
+                      keepalive_timeout_s=args.keepalive_timeout_s))
     try:
         trio.run(serve, opts)
     except ConfigurationError as exc:
