@@ -9,9 +9,9 @@ import msgspec
 
 from fastfaas.errors import InvalidRequestError
 
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-HANDLER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-ENV_KEY_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+HANDLER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV: Final = ("AWS_LAMBDA_", "LAMBDA_TASK_ROOT", "_HANDLER")
 ISOLATION_LEVELS: Final = ("none", "standard", "strict")
 # What changes which zygote serves a function (code, handler, env, memory...).
@@ -58,7 +58,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
         def bad(msg: str) -> InvalidRequestError:
             return InvalidRequestError(f"invalid function configuration: {msg}")
 
-        if not HANDLER_RE.match(self.handler):
+        if not HANDLER_RE.fullmatch(self.handler):
             raise bad(f"handler {self.handler!r} must look like 'module.function'")
         if not 128 <= self.memory_mb <= 10240:
             raise bad(f"memory_mb {self.memory_mb} must be between 128 and 10240")
@@ -77,7 +77,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
         if self.isolation is not None and self.isolation not in ISOLATION_LEVELS:
             raise bad(f"isolation {self.isolation!r} must be one of {', '.join(ISOLATION_LEVELS)}")
         for key, value in self.env.items():
-            if not ENV_KEY_RE.match(key):
+            if not ENV_KEY_RE.fullmatch(key):
                 raise bad(f"env name {key!r} is not a valid environment variable name")
             if key.startswith(RESERVED_ENV):
                 raise bad(f"env name {key!r} is reserved by the runtime")
@@ -90,7 +90,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidRequestError(
             f"function name {name!r} must be 1-64 letters, digits, hyphens or underscores"
         )

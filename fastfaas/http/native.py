@@ -19,6 +19,7 @@ import base64
 import binascii
 import hmac
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -26,9 +27,14 @@ from urllib.parse import parse_qsl
 import msgspec
 import trio
 
-from fastfaas import errors
+from fastfaas import errors, wire
 from fastfaas.config import FunctionConfig, check_name
-from fastfaas.errors import FastfaasError, InvalidRequestError
+from fastfaas.errors import (
+    FastfaasError,
+    FunctionNotFoundError,
+    InvalidRequestError,
+    RequestTooLargeError,
+)
 from fastfaas.http.metrics import Metrics
 from fastfaas.http.protocol import Request
 from fastfaas.http.server import JSON, Response, error_response
@@ -117,6 +123,9 @@ class NativeApi:
             return self._error(404, "NotFound", f"no route for {req.path!r}")
         except FastfaasError as exc:
             return self._error(_STATUS.get(type(exc), 500), exc.code, str(exc))
+        except Exception as exc:  # a bug of ours: answer 500, keep serving everyone else
+            traceback.print_exc()
+            return self._error(500, "InternalError", f"{type(exc).__name__}: {exc}")
 
     async def _dispatch(self, req: Request, routes: dict[bytes, Handler] | None,
                         arg: str) -> Response:
@@ -140,10 +149,16 @@ class NativeApi:
 
     async def _invoke(self, req: Request, name: str, t0: int) -> Response:
         body = req.body or b"{}"
-        if req.header(b"x-fastfaas-invocation-type", b"RequestResponse") == b"Event":
-            return self._enqueue(name, body)
+        kind = req.header(b"x-fastfaas-invocation-type", b"RequestResponse")
+        if kind != b"RequestResponse":
+            return self._invoke_other(kind, name, body)
         try:
             result = await self.runtime.invoke(name, payload=body)
+        except FunctionNotFoundError:
+            check_name(name)  # a malformed name is a 400, not a 404
+            raise
+        except (InvalidRequestError, RequestTooLargeError):
+            raise
         except FastfaasError as exc:
             self.metrics.record(name, "none", exc.code, (time.perf_counter_ns() - t0) / 1e9)
             raise
@@ -163,13 +178,23 @@ class NativeApi:
             headers.append((b"x-fastfaas-function-error", error.kind.encode()))
         return Response(200, result.payload, headers)
 
-    def _enqueue(self, name: str, body: bytes) -> Response:
+    def _invoke_other(self, kind: bytes, name: str, body: bytes) -> Response:
+        """`Event` (queue it) or `DryRun` (check it, run nothing: 204)."""
+        if kind not in (b"Event", b"DryRun"):
+            raise InvalidRequestError(
+                f"X-Fastfaas-Invocation-Type {kind.decode(errors='replace')!r} must be"
+                " RequestResponse (the default), Event or DryRun")
         check_name(name)
         self.runtime.describe(name)  # FunctionNotFoundError before anything is queued
+        if len(body) > wire.MAX_PAYLOAD:
+            raise RequestTooLargeError(
+                f"the event is {len(body)} bytes; the limit is {wire.MAX_PAYLOAD} bytes")
         try:
             msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
             raise InvalidRequestError(f"the event is not valid JSON: {exc}") from None
+        if kind == b"DryRun":
+            return Response(204, b"", [])
         request_id = self.runtime.new_request_id()
         self.store.put(request_id, name, LATEST, body)  # committed before the 202
         self.wake_poller()

@@ -76,6 +76,8 @@ class ServerConnection:
         self._ready: collections.deque[Request] = collections.deque()
         self._reset_message()
         self.in_request = False  # some bytes of a request are in: its read deadline runs
+        self.requests_begun = 0  # a new value means a new request's deadline starts
+        self._fed_in_headers = 0
         self.headers_done = False
         self.closed = False
         self._to_send = b""
@@ -88,7 +90,9 @@ class ServerConnection:
         Raises:
             ProtocolError: malformed request (400), headers too large (431),
                 body over its limit (413), upgrade requested (400). The
-                connection is unusable afterwards: answer and close.
+                connection is unusable afterwards: answer the requests
+                completed before the error (still in `next_request()`), then
+                the error, and close.
         """
         if self.closed:
             raise ProtocolError(400, "data after the connection was closed")
@@ -97,6 +101,8 @@ class ServerConnection:
             if self.in_request:
                 raise ProtocolError(400, "the connection closed in the middle of a request")
             return
+        in_headers = self.in_request and not self.headers_done
+        begun = self.requests_begun
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -111,6 +117,13 @@ class ServerConnection:
         except httptools.HttpParserError as exc:
             self.closed = True
             raise ProtocolError(400, f"malformed request: {exc}") from None
+        if in_headers and self.requests_begun == begun and not self.headers_done:
+            # llhttp hands over a header only once its line ends: count what
+            # is still unparsed too, or one endless header line is never refused.
+            self._fed_in_headers += len(data)
+            if self._fed_in_headers > self._max_header_bytes:
+                self.closed = True
+                raise ProtocolError(431, f"request headers exceed {self._max_header_bytes} bytes")
 
     def next_request(self) -> Request | None:
         """The next complete request, in order, or None."""
@@ -130,10 +143,13 @@ class ServerConnection:
         self._body_size = 0
         self._limit = 0
         self._header_bytes = 0
+        self._header_lines = 0
 
     def on_message_begin(self) -> None:
         self.in_request = True
         self.headers_done = False
+        self.requests_begun += 1
+        self._fed_in_headers = 0
 
     def _count_header_bytes(self, n: int) -> None:
         self._header_bytes += n
@@ -146,7 +162,8 @@ class ServerConnection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_header_bytes(len(name) + len(value) + 4)
-        if len(self._headers) >= MAX_HEADERS:
+        self._header_lines += 1
+        if self._header_lines > MAX_HEADERS:
             raise ProtocolError(431, f"more than {MAX_HEADERS} request headers")
         name = name.lower()
         if name in self._headers:
@@ -188,16 +205,21 @@ _STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason)
 
 
 def encode_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                    keep_alive: bool = True) -> bytes:
-    """A whole response with Content-Length (and `Connection: close` when not keep_alive)."""
+                    keep_alive: bool = True, head: bool = False) -> bytes:
+    """A whole response with Content-Length (and `Connection: close` when not keep_alive).
+
+    `head`: the answer to a HEAD request: the headers the body would have, no body.
+    """
     parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
     for name, value in headers:
         parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"content-length: %d\r\n" % len(body))
+    if status != 204:  # a 204 carries no Content-Length (RFC 9110, 8.6)
+        parts.append(b"content-length: %d\r\n" % len(body))
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
-    parts.append(body)
+    if not head:
+        parts.append(body)
     return b"".join(parts)
 
 

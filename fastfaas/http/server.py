@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import socket
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -68,7 +69,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 class _Conn:
     """One connection's socket and timers. `deadline` is checked by the sweeper."""
 
-    __slots__ = ("deadline", "idle", "scope", "sock", "timed_out")
+    __slots__ = ("deadline", "idle", "scope", "sock", "timed_out", "writing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -76,6 +77,7 @@ class _Conn:
         self.idle = True
         self.scope = trio.CancelScope()
         self.timed_out = False
+        self.writing = False
 
 
 class HttpServer:
@@ -177,7 +179,7 @@ class HttpServer:
         try:
             with conn.scope:
                 await self._connection(conn)
-            if conn.timed_out and not conn.idle:
+            if conn.timed_out and not conn.idle and not conn.writing:
                 await self._send_error(conn.sock, 408, "RequestTimeout",
                                        "the request did not arrive in time")
         except OSError:
@@ -195,31 +197,40 @@ class HttpServer:
         limits = self.limits
         sock = conn.sock
         parser = ServerConnection(self.body_limit, limits.max_header_bytes)
-        conn.deadline = trio.current_time() + limits.keepalive_timeout_s
+        idle_deadline = trio.current_time() + limits.keepalive_timeout_s
+        header_deadline = math.inf
+        seen = 0  # parser.requests_begun when header_deadline was set
+        error: ProtocolError | None = None
         while True:
             request = parser.next_request()
             if request is None:
+                if error is not None:  # after answering the requests before it
+                    code = "RequestTooLarge" if error.status == 413 else "BadRequest"
+                    await self._send_error(sock, error.status, code, error.message)
+                    return
                 if parser.closed or (self.closing and not parser.in_request):
                     return
+                if parser.requests_begun != seen:
+                    seen = parser.requests_begun
+                    header_deadline = trio.current_time() + limits.header_timeout_s
                 conn.idle = not parser.in_request
+                if conn.idle:
+                    conn.deadline = idle_deadline
+                elif not parser.headers_done:
+                    conn.deadline = header_deadline  # from the request's first byte
+                else:
+                    conn.deadline = trio.current_time() + limits.body_timeout_s
                 try:
                     data = sock.recv(RECEIVE_BYTES)
                 except BlockingIOError:
-                    if parser.in_request and parser.headers_done:
-                        conn.deadline = trio.current_time() + limits.body_timeout_s
                     await trio.lowlevel.wait_readable(sock)
                     continue
-                was_in_request = parser.in_request
                 try:
                     parser.receive_data(data)
                 except ProtocolError as exc:
-                    code = "RequestTooLarge" if exc.status == 413 else "BadRequest"
-                    await self._send_error(sock, exc.status, code, exc.message)
-                    return
-                if not was_in_request and parser.in_request:
-                    conn.deadline = trio.current_time() + limits.header_timeout_s
+                    error = exc
                 interim = parser.data_to_send()
-                if interim:
+                if interim and error is None:
                     await _send_all(sock, interim)
                 continue
             conn.idle = False
@@ -227,15 +238,26 @@ class HttpServer:
             self._in_flight += 1
             try:
                 response = await self.app(request)
+            except Exception as exc:  # the app's bug: this request fails, not the server
+                traceback.print_exc()
+                response = error_response(500, "InternalError", f"{type(exc).__name__}: {exc}")
             finally:
                 self._in_flight -= 1
                 self.requests += 1
             keep_alive = request.keep_alive and not self.closing
+            conn.writing = True  # a client that does not read is timed out, not answered
+            conn.deadline = trio.current_time() + limits.body_timeout_s
             await _send_all(sock, encode_response(response.status, response.headers,
-                                                  response.body, keep_alive))
+                                                  response.body, keep_alive,
+                                                  head=request.method == b"HEAD"))
+            conn.writing = False
             if not keep_alive:
                 return
-            conn.deadline = trio.current_time() + limits.keepalive_timeout_s
+            now = trio.current_time()
+            idle_deadline = now + limits.keepalive_timeout_s
+            if parser.in_request:  # the next request began meanwhile: its time starts now
+                seen = parser.requests_begun
+                header_deadline = now + limits.header_timeout_s
 
     async def _send_error(self, sock: socket.socket, status: int, code: str,
                           message: str) -> None:

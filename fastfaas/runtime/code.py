@@ -10,6 +10,7 @@ import stat
 import subprocess
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -90,16 +91,13 @@ def unpack(zip_data: bytes, code_root: Path,
     code_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=code_root))
     try:
-        for info in members:
-            dest = tmp / info.filename
-            if info.is_dir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out)
-            executable = (info.external_attr >> 16) & stat.S_IXUSR
-            os.chmod(dest, 0o755 if executable else 0o644)
+        try:
+            _extract(zf, members, tmp)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+                FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            # A corrupt entry (CRC, deflate stream), an unsupported or encrypted one,
+            # or entries that collide ("a" and "a/b"): the bundle's fault.
+            raise InvalidRequestError(f"code zip cannot be unpacked: {exc}") from None
         if (tmp / "requirements.txt").is_file():
             if requirements is None:
                 raise InvalidRequestError(
@@ -222,3 +220,16 @@ def _link_tree(src: Path, dest: Path) -> None:
                     os.link(source, target)
                 except OSError:  # another filesystem, or links not allowed
                     shutil.copy2(source, target)
+
+
+def _extract(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest_root: Path) -> None:
+    for info in members:
+        dest = dest_root / info.filename
+        if info.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(dest, "xb") as out:
+            shutil.copyfileobj(src, out)
+        executable = (info.external_attr >> 16) & stat.S_IXUSR
+        os.chmod(dest, 0o755 if executable else 0o644)

@@ -95,6 +95,7 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
+            self._db.close()
             raise RuntimeError(
                 f"{path} has schema version {version}; this fastfaas knows {SCHEMA_VERSION}:"
                 " upgrade fastfaas or use another --data-dir")

@@ -1,0 +1,352 @@
+"""The trio HTTP front end (fastfaas/http/server.py) over real loopback TCP.
+
+Timeouts here are real (the server's deadlines run on trio's clock while bytes
+cross a real socket), so they are kept short; waits are on events and reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httptools
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+from fastfaas.http.protocol import Request
+from fastfaas.http.server import HttpServer, Limits, Response
+
+# Every test is bounded: a server that never answers fails here, not at pytest's timeout.
+BOUND_S = 5.0
+
+
+async def echo(request: Request) -> Response:
+    return Response(200, b"%s %s %s" % (request.method, request.path.encode(), request.body),
+                    [(b"content-type", b"text/plain")])
+
+
+@dataclasses.dataclass
+class Served:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    keep_alive: bool
+
+
+class Client:
+    """A raw HTTP/1.1 client: send bytes, read whole responses, see the close."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._parser = httptools.HttpResponseParser(self)
+        self._ready: collections.deque[Served] = collections.deque()
+        self._headers: dict[bytes, bytes] = {}
+        self._body = b""
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self._ready.append(Served(self._parser.get_status_code(), self._headers, self._body,
+                                  self._parser.should_keep_alive()))
+        self._headers, self._body = {}, b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def response(self) -> Served:
+        while not self._ready:
+            data = await self.stream.receive_some(65536)
+            assert data, "the server closed the connection without a (whole) response"
+            self._parser.feed_data(data)
+        return self._ready.popleft()
+
+    async def request(self, data: bytes) -> Served:
+        await self.send(data)
+        return await self.response()
+
+    async def wait_closed(self) -> None:
+        """The server closes the connection, sending nothing more."""
+        assert not self._ready
+        try:
+            data = await self.stream.receive_some(65536)
+        except trio.BrokenResourceError:  # a reset: the server closed with bytes unread
+            return
+        assert data == b"", f"expected the connection to close, got {data!r}"
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running(app: Callable[[Request], Awaitable[Response]] = echo,
+                  limits: Limits | None = None) -> AsyncIterator[tuple[HttpServer, int]]:
+    """A server on an ephemeral loopback port; closed (and waited for) on exit."""
+    server = HttpServer(app, lambda method, path: 1 << 20, limits)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(BOUND_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            yield server, port
+            server.close()
+
+
+def get(path: str, *extra: bytes) -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (path.encode(), b"".join(extra))
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection() -> None:
+    async with running() as (server, port), await Client.connect(port) as client:
+        for i in range(3):
+            served = await client.request(get(f"/r{i}"))
+            assert (served.status, served.body, served.keep_alive) == (
+                200, f"GET /r{i} ".encode(), True)
+            assert served.headers[b"content-type"] == b"text/plain"
+        served = await client.request(b"POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody")
+        assert served.body == b"POST /p body"
+        assert server.connections == 1
+        assert server.requests == 4
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with running() as (_, port), await Client.connect(port) as client:
+        await client.send(get("/a") + get("/b") + get("/c", b"Connection: close\r\n"))
+        bodies = [(await client.response()).body for _ in range(3)]
+        assert bodies == [b"GET /a ", b"GET /b ", b"GET /c "]
+        await client.wait_closed()
+
+
+async def test_connection_close_is_honoured() -> None:
+    async with running() as (_, port), await Client.connect(port) as client:
+        served = await client.request(b"GET /x HTTP/1.0\r\n\r\n")
+        assert served.status == 200
+        assert served.headers[b"connection"] == b"close"
+        await client.wait_closed()
+
+
+async def test_malformed_request_gets_400_then_the_connection_closes() -> None:
+    async with running() as (server, port), await Client.connect(port) as client:
+        served = await client.request(b"NOT HTTP AT ALL\r\n\r\n")
+        assert served.status == 400
+        assert not served.keep_alive
+        assert msgspec.json.decode(served.body)["error"] == "BadRequest"
+        await client.wait_closed()
+        assert server.requests == 0
+
+
+async def test_body_over_the_limit_gets_413_without_sending_the_body() -> None:
+    async with running() as (_, port), await Client.connect(port) as client:
+        served = await client.request(
+            b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (2 << 20))
+        assert served.status == 413
+        assert msgspec.json.decode(served.body)["error"] == "RequestTooLarge"
+        await client.wait_closed()
+
+
+async def test_expect_100_continue_is_answered_before_the_body() -> None:
+    async with running() as (_, port), await Client.connect(port) as client:
+        await client.send(b"POST /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        assert await client.stream.receive_some(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await client.send(b"ok")
+        served = await client.response()
+        assert (served.status, served.body) == (200, b"POST /up ok")
+
+
+async def test_slowloris_headers_time_out_although_each_byte_is_in_time() -> None:
+    header_timeout = 0.3
+    gap = 0.05  # far below every timeout: only a deadline for the whole head can fire
+    limits = Limits(header_timeout_s=header_timeout, body_timeout_s=10, keepalive_timeout_s=10)
+    # Complete after ~90 gaps (4.5 s): a per-read timeout would let it through.
+    head = get("/slow", b"x-pad: " + b"p" * 50 + b"\r\n")
+    async with running(limits=limits) as (_, port), await Client.connect(port) as client:
+
+        async def drip() -> None:
+            try:
+                for i in range(len(head)):
+                    await client.send(head[i:i + 1])
+                    await trio.sleep(gap)
+            except trio.BrokenResourceError:
+                pass  # the server hung up: what this test wants
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drip)
+            start = trio.current_time()
+            served = await client.response()
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+        assert served.status == 408
+        assert not served.keep_alive
+        assert msgspec.json.decode(served.body)["error"] == "RequestTimeout"
+        assert header_timeout <= elapsed < header_timeout + 1.5
+        await client.wait_closed()
+
+
+async def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
+    keepalive = 0.2
+    limits = Limits(header_timeout_s=10, body_timeout_s=10, keepalive_timeout_s=keepalive)
+    async with running(limits=limits) as (server, port):
+        async with await Client.connect(port) as client:
+            assert (await client.request(get("/a"))).status == 200
+            start = trio.current_time()
+            assert (await client.request(get("/b"))).status == 200  # still open in time
+            await client.wait_closed()  # no 408: it was idle, not in a request
+            # Server and client share this trio clock; the server's started after `start`.
+            assert trio.current_time() - start >= keepalive
+        # A connection that never sends a byte is idle too.
+        async with await Client.connect(port) as silent:
+            await silent.wait_closed()
+        assert server.requests == 2
+
+
+async def test_close_stops_accepting_closes_idle_and_finishes_in_flight() -> None:
+    entered, release, served_done = trio.Event(), trio.Event(), trio.Event()
+
+    async def app(request: Request) -> Response:
+        if request.path == "/block":
+            entered.set()
+            await release.wait()
+        return await echo(request)
+
+    server = HttpServer(app, lambda method, path: 1 << 20)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await server.serve(listeners, task_status=task_status)
+        served_done.set()
+
+    with trio.fail_after(BOUND_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve)
+            async with await Client.connect(port) as idle, await Client.connect(port) as busy:
+                assert (await idle.request(get("/first"))).keep_alive
+                await busy.send(get("/block"))
+                await entered.wait()
+                assert server.in_flight == 1
+
+                server.close()
+                await idle.wait_closed()
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(OSError):
+                    await trio.open_tcp_stream("127.0.0.1", port)
+                assert not served_done.is_set()  # the in-flight request holds it open
+
+                release.set()
+                served = await busy.response()
+                assert (served.status, served.body) == (200, b"GET /block ")
+                assert served.headers[b"connection"] == b"close"
+                assert not served.keep_alive
+                await busy.wait_closed()
+                await served_done.wait()
+            assert (server.in_flight, server.connections, server.requests) == (0, 0, 2)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+async def test_client_gone_while_the_app_runs_does_not_cancel_it(reset: bool) -> None:
+    entered, release, completed = trio.Event(), trio.Event(), trio.Event()
+
+    async def app(request: Request) -> Response:
+        if request.path == "/slow":
+            entered.set()
+            await release.wait()
+            completed.set()
+            return Response(200, b"x" * 100_000)
+        return await echo(request)
+
+    async with running(app) as (server, port):
+        async with await Client.connect(port) as client:
+            await client.send(get("/slow"))
+            await entered.wait()
+            if reset:  # abortive close: the server's write fails with ECONNRESET/EPIPE
+                client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                struct.pack("ii", 1, 0))
+        release.set()
+        await completed.wait()  # a cancelled app never gets here (fail_after fires)
+        # The connection ends quietly and the server goes on serving.
+        async with await Client.connect(port) as other:
+            assert (await other.request(get("/next"))).body == b"GET /next "
+        assert server.requests == 2
+
+
+async def straddle(client: Client, second_start: bytes, pause: float) -> float:
+    """Start POST /one, then send its last byte with the start of the next request.
+
+    The 100 Continue shows that the server has read /one's head on its own, so
+    the next request's first bytes arrive in the read that completes /one.
+
+    Returns:
+        The time just before the next request's first bytes were sent.
+    """
+    await client.send(b"POST /one HTTP/1.1\r\nExpect: 100-continue\r\n"
+                      b"Content-Length: 1\r\n\r\n")
+    assert await client.stream.receive_some(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await trio.sleep(pause)
+    sent_at = trio.current_time()
+    await client.send(b"1" + second_start)
+    assert (await client.response()).body == b"POST /one 1"
+    return sent_at
+
+
+async def test_a_request_pipelined_behind_another_gets_a_fresh_header_deadline() -> None:
+    header_timeout = 0.3
+    limits = Limits(header_timeout_s=header_timeout, body_timeout_s=10, keepalive_timeout_s=10)
+    async with running(limits=limits) as (_, port), await Client.connect(port) as client:
+        # By then a header deadline counted from /one's first byte has passed.
+        await straddle(client, b"GET /two HTTP/1.1\r\n", pause=header_timeout + 0.2)
+        await client.send(b"Host: t\r\n\r\n")  # well within /two's own header timeout
+        served = await client.response()
+        assert (served.status, served.body) == (200, b"GET /two ")
+
+
+async def test_a_request_pipelined_behind_another_is_held_to_the_header_timeout() -> None:
+    header_timeout = 0.3
+    limits = Limits(header_timeout_s=header_timeout, body_timeout_s=10, keepalive_timeout_s=10)
+    rest = b"Host: t\r\nx: y\r\n\r\n"  # 0.85 s at one byte per gap
+    async with running(limits=limits) as (_, port), await Client.connect(port) as client:
+        # The pause lets a deadline counted from /one's head pass: not /two's.
+        start = await straddle(client, b"GET /two HTTP/1.1\r\n", pause=header_timeout + 0.2)
+
+        async def drip() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):
+                for i in range(len(rest)):
+                    await client.send(rest[i:i + 1])
+                    await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drip)
+            served = await client.response()
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+        assert served.status == 408
+        assert header_timeout <= elapsed < header_timeout + 0.5
+
+
+async def test_a_valid_request_before_a_malformed_one_is_answered_first() -> None:
+    async with running() as (server, port), await Client.connect(port) as client:
+        await client.send(get("/fine") + b"NOT HTTP AT ALL\r\n\r\n")
+        first = await client.response()
+        assert (first.status, first.body) == (200, b"GET /fine ")
+        assert (await client.response()).status == 400
+        await client.wait_closed()
+        assert server.requests == 1
