@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="cgroups where writable (auto), or fail without (require), or rlimits")
     s.add_argument("--warm-pool-size", type=int, default=2,
                    help="generic zygotes forked ahead of need (default 2)")
+    s.add_argument("--async-concurrency", type=int, default=32,
+                   help="queued (Event) invocations run at once (default 32)")
     s.add_argument("--allow-source-builds", action="store_true",
                    help="let pip build requirements from source (runs their build code)")
     s.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
@@ -135,12 +137,17 @@ def _serve(args: argparse.Namespace) -> None:
     if min(args.header_timeout_s, args.keepalive_timeout_s, args.graceful_timeout_s) <= 0:
         print("fastfaas: timeouts must be > 0", file=sys.stderr)
         sys.exit(2)
+    if args.async_concurrency < 1 or args.warm_pool_size < 0:
+        print("fastfaas: --async-concurrency must be >= 1 and --warm-pool-size >= 0",
+              file=sys.stderr)
+        sys.exit(2)
 
     opts = ServeOptions(
         host=args.host, port=args.port, data_dir=args.data_dir, examples=args.examples,
         token=args.token, max_body_mb=args.max_body_mb,
         graceful_timeout_s=args.graceful_timeout_s, cgroups=args.cgroups,
-        warm_pool_size=args.warm_pool_size, allow_source_builds=args.allow_source_builds,
+        warm_pool_size=args.warm_pool_size, async_concurrency=args.async_concurrency,
+        allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,
                       keepalive_timeout_s=args.keepalive_timeout_s))

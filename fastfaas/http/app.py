@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -68,69 +71,123 @@ async def serve(opts: ServeOptions, *, stop: trio.Event | None = None,
             " token; pass --token (or set FASTFAAS_TOKEN)")
     if opts.max_body_mb <= 0:
         raise ConfigurationError("--max-body-mb must be > 0")
-    # Bind first: a busy port fails at once, before any process is started.
-    listeners = await trio.open_tcp_listeners(opts.port, host=opts.host)
-    port = listeners[0].socket.getsockname()[1]
     data_dir = opts.data_dir.resolve()
+    lock = _lock_data_dir(data_dir)
+    try:
+        # Bind first: a busy port fails at once, before any process is started.
+        listeners = await trio.open_tcp_listeners(opts.port, host=opts.host)
+        try:
+            with contextlib.ExitStack() as stack:
+                signals = None if stop is not None else stack.enter_context(
+                    trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+                stopping = stop if stop is not None else trio.Event()
+                hurry = trio.Event()
+                async with trio.open_nursery() as outer:
+                    if signals is not None:
+                        outer.start_soon(_on_signals, signals, stopping, hurry)
+                    await _serve(opts, data_dir, listeners, stopping, hurry, task_status)
+                    outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()  # closed after serving already; not if start failed
+    finally:
+        lock.close()
+    print("fastfaas: stopped", file=sys.stderr, flush=True)
+
+
+async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.SocketListener],
+                 stopping: trio.Event, hurry: trio.Event,
+                 task_status: trio.TaskStatus[int]) -> None:
+    port = listeners[0].socket.getsockname()[1]
+    _remove_leftovers(data_dir)
     try:
         store = Store(data_dir / "fastfaas.db")
     except Exception as exc:
-        for listener in listeners:
-            await listener.aclose()
         raise ConfigurationError(f"cannot open {data_dir / 'fastfaas.db'}: {exc}") from exc
     try:
         async with Runtime(data_dir, cgroups=opts.cgroups, warm_pool_size=opts.warm_pool_size,
                            allow_source_builds=opts.allow_source_builds,
-                           pip_args=opts.pip_args) as rt:
-            restored = _restore(rt, store)
-            if opts.examples is not None:
-                await _deploy_examples(rt, store, opts.examples)
+                           pip_args=opts.pip_args) as rt, trio.open_nursery() as nursery:
+            # Starting (restoring, deploying examples with pip) stops at a signal too.
+            with trio.CancelScope() as starting:
+                nursery.start_soon(_cancel_when, stopping, starting, rt)
+                restored = _restore(rt, store)
+                if opts.examples is not None:
+                    await _deploy_examples(rt, store, opts.examples)
+            if stopping.is_set():
+                nursery.cancel_scope.cancel()
+                return
             poller = Poller(store, rt, concurrency=opts.async_concurrency)
             api = NativeApi(rt, store, poller.wake, token=opts.token,
                             max_body=int(opts.max_body_mb * 1024 * 1024))
             poller.on_result = api.record_async
             http = HttpServer(api, api.body_limit, opts.limits)
-            async with trio.open_nursery() as nursery:
-                await nursery.start(poller.run)
-                http_done = trio.Event()
+            await nursery.start(poller.run)
+            http_done = trio.Event()
 
-                async def run_http() -> None:
-                    try:
-                        await http.serve(listeners)
-                    finally:
-                        http_done.set()
+            async def run_http() -> None:
+                try:
+                    await http.serve(listeners)
+                finally:
+                    http_done.set()
 
-                nursery.start_soon(run_http)
-                print(f"fastfaas: listening on http://{_url_host(opts.host)}:{port}"
-                      f" ({rt.statistics()['cgroups']['reason']}; {restored} function(s)"
-                      f" restored)", flush=True)
-                if "hello" in rt.functions():
-                    _print_try_lines(opts, port)
-                task_status.started(port)
-                await _wait_for_stop(stop)
-                print("fastfaas: stopping: finishing requests in flight", file=sys.stderr,
-                      flush=True)
-                http.close()
-                poller.stop_taking()
-                with trio.move_on_after(opts.graceful_timeout_s):
-                    await http_done.wait()
-                    await poller.wait_idle()
-                nursery.cancel_scope.cancel()
+            nursery.start_soon(run_http)
+            print(f"fastfaas: listening on http://{_url_host(opts.host)}:{port}"
+                  f" ({rt.statistics()['cgroups']['reason']}; {restored} function(s)"
+                  f" restored)", flush=True)
+            if "hello" in rt.functions():
+                _print_try_lines(opts, port)
+            task_status.started(port)
+            await stopping.wait()
+            print("fastfaas: stopping: finishing requests in flight (a second signal stops"
+                  " at once)", file=sys.stderr, flush=True)
+            http.close()
+            poller.stop_taking()
+            with trio.move_on_after(opts.graceful_timeout_s) as grace:
+                nursery.start_soon(_cancel_when, hurry, grace, None)
+                await http_done.wait()
+                await poller.wait_idle()
+            rt.requirements.kill_all()  # a deploy still installing must not hold the stop
+            nursery.cancel_scope.cancel()
     finally:
         store.close()
-        with trio.CancelScope(shield=True):
-            for listener in listeners:
-                await listener.aclose()  # already closed after serving; not if start failed
-    print("fastfaas: stopped", file=sys.stderr, flush=True)
 
 
-async def _wait_for_stop(stop: trio.Event | None) -> None:
-    if stop is not None:
-        await stop.wait()
-        return
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            return
+async def _on_signals(signals: Any, stopping: trio.Event, hurry: trio.Event) -> None:
+    async for _ in signals:
+        if stopping.is_set():
+            print("fastfaas: stopping now", file=sys.stderr, flush=True)
+            hurry.set()
+        stopping.set()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope, rt: Runtime | None) -> None:
+    await event.wait()
+    scope.cancel()
+    if rt is not None:
+        rt.requirements.kill_all()
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """One server per data directory: a second one would run the same queue twice."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    f = open(data_dir / "lock", "a+")  # noqa: SIM115 (held until the server stops)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ConfigurationError(
+            f"another fastfaas server is using {data_dir}: stop it or pick another"
+            " --data-dir") from None
+    return f
+
+
+def _remove_leftovers(data_dir: Path) -> None:
+    """Half-unpacked bundles and half-done pip installs of a server that was killed."""
+    for pattern in ("code/.unpack-*", "deps/.pip-*"):
+        for path in data_dir.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _restore(rt: Runtime, store: Store) -> int:

@@ -331,6 +331,7 @@ class NativeApi:
             "zygotes": stats["zygotes"],
             "warming_pool": stats["warming_pool"]["ready"],
             "instances": instances,
+            "draining": len(stats["draining"]),
             "queued": self.store.queued_count(),
             "uptime_s": round(time.time() - self.started, 3),
             **self.health,

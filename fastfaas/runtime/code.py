@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -9,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -158,6 +160,8 @@ class Requirements:
         self.options = [] if allow_source_builds else ["--only-binary", ":all:"]
         self.options += list(pip_args)
         self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
 
     def install_into(self, code_dir: Path) -> None:
         req = (code_dir / "requirements.txt").read_bytes()
@@ -170,23 +174,38 @@ class Requirements:
     def _install(self, requirements_txt: Path, cached: Path) -> None:
         self.cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".pip-", dir=self.cache_root))
-        cmd = [self.python, "-m", "pip", "install", "--target", str(tmp), "--requirement",
-               str(requirements_txt), "--no-input", "--disable-pip-version-check",
-               "--no-warn-script-location", "--quiet", *self.options]
+        # pip dies with the thread that started it (PR_SET_PDEATHSIG), so a
+        # killed server leaves no install running; kill_all() stops it sooner.
+        cmd = [self.python, "-c", _PIP_WITH_PDEATHSIG, "install", "--target", str(tmp),
+               "--requirement", str(requirements_txt), "--no-input",
+               "--disable-pip-version-check", "--no-warn-script-location", "--quiet",
+               *self.options]
         try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=requirements_txt.parent)
+            with self._lock:
+                self._running.add(proc)
             try:
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, timeout=self.timeout_s,
-                                      check=False, cwd=requirements_txt.parent)
+                out, _ = proc.communicate(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
                 raise InvalidRequestError(
                     f"installing requirements.txt took longer than {self.timeout_s:g} s"
                 ) from None
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
             if proc.returncode != 0:
-                output = proc.stdout.decode(errors="replace").strip()[-4000:]
-                hint = "" if "--only-binary" not in self.options else (
-                    " (only binary wheels are allowed: pin versions that ship wheels, or"
-                    " start the server with --allow-source-builds)")
+                output = out.decode(errors="replace").strip()[-4000:]
+                if proc.returncode < 0:
+                    raise InvalidRequestError(
+                        f"installing requirements.txt was stopped (signal {-proc.returncode})")
+                hint = ""
+                if "--only-binary" in self.options and "matching distribution" in output:
+                    hint = (" (only binary wheels are allowed: if a package exists only as"
+                            " source, pin a version that ships wheels, or start the server"
+                            " with --allow-source-builds)")
                 raise InvalidRequestError(
                     f"installing requirements.txt failed (pip exit {proc.returncode})"
                     f"{hint}:\n{output}")
@@ -200,6 +219,26 @@ class Requirements:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def kill_all(self) -> None:
+        """Stop every install under way (the server is stopping); their deploys fail."""
+        with self._lock:
+            running = list(self._running)
+        for proc in running:
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+
+# `python -c` this, then pip's arguments: pip under a parent-death signal.
+_PIP_WITH_PDEATHSIG = (
+    "import ctypes, os, signal, sys\n"
+    "ppid = os.getppid()\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != ppid: os._exit(1)\n"
+    "import runpy\n"
+    "sys.argv = ['pip', *sys.argv[1:]]\n"
+    "runpy.run_module('pip', run_name='__main__', alter_sys=True)\n"
+)
 
 
 def _link_tree(src: Path, dest: Path) -> None:

@@ -386,6 +386,8 @@ class Runtime:
             "code_sha256": fv.code_sha256,
             "config": msgspec.to_builtins(fv.config),
             "state": self._fv_state(fv),
+            # Earlier generations still finishing calls in flight (then they exit).
+            "draining": [self._fv_state(old) for old in self._draining if old.name == name],
         }
 
     def _lookup(self, name: str, version: str) -> FunctionVersion:
