@@ -161,10 +161,12 @@ class ServerConnection:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)
+        self._header_bytes += len(name) + len(value) + 4
         self._header_lines += 1
-        if self._header_lines > MAX_HEADERS:
-            raise ProtocolError(431, f"more than {MAX_HEADERS} request headers")
+        if self._header_bytes > self._max_header_bytes or self._header_lines > MAX_HEADERS:
+            if self._header_lines > MAX_HEADERS:
+                raise ProtocolError(431, f"more than {MAX_HEADERS} request headers")
+            raise ProtocolError(431, f"request headers exceed {self._max_header_bytes} bytes")
         name = name.lower()
         if name in self._headers:
             if name in (b"content-length", b"host", b"authorization"):
