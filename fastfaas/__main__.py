@@ -4,6 +4,7 @@
     fastfaas deploy NAME DIR|ZIP --handler mod.fn [--memory-mb MB] [--timeout-s S] [--env K=V]
     fastfaas invoke NAME [JSON | -] [--async]
     fastfaas list | get NAME | delete NAME | logs NAME
+    fastfaas bench run|cold|compare|validate ...   (the load-test harness)
 
 Client commands speak to a server with httpx: `--url` (or FASTFAAS_URL,
 default http://127.0.0.1:8080) and `--token` (or FASTFAAS_TOKEN).
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         _serve(args)
+    elif args.command == "bench":
+        from fastfaas.loadgen import cli as bench_cli
+
+        args.url_given = getattr(args, "url", None) is not None
+        bench_cli.main(args)
     else:
         try:
             args.run(args)
@@ -122,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     lg.set_defaults(run=_logs)
     st = sub.add_parser("status", parents=[common], help="the server's health (GET /healthz)")
     st.set_defaults(run=_status)
+
+    from fastfaas.loadgen import cli as bench_cli
+
+    bench_common = argparse.ArgumentParser(add_help=False)
+    bench_common.add_argument("--url", default=None,
+                              help="a running server (default: start one for the run)")
+    bench_common.add_argument("--token", default=os.environ.get("FASTFAAS_TOKEN"))
+    bench_cli.add_parser(sub, bench_common)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""fastfaas's load generator: engine, distributions, histograms, reports."""
