@@ -95,8 +95,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    import httpx
+
     try:
         args.run(args)
+    except httpx.TransportError as exc:
+        url = getattr(args, "url", None)
+        print(f"fastfaas bench: cannot reach the server at {url} ({exc}): is `fastfaas"
+              " serve` running? (or leave out --url to start one)", file=sys.stderr)
+        sys.exit(2)
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"fastfaas bench: {exc}", file=sys.stderr)
         sys.exit(1)
