@@ -10,9 +10,10 @@ hide its queue by slowing the generator down (no coordinated omission).
 from __future__ import annotations
 
 import collections
-import multiprocessing
-import multiprocessing.connection
+import io
 import random
+import selectors
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -326,65 +327,81 @@ def run_in_process(plan: Plan, progress: Callable[[int], None] | None = None) ->
 def run(plan: Plan, progress: Callable[[int, float], None] | None = None) -> Stats:
     """Run the plan in `plan.workers` processes and merge what they recorded.
 
-    `progress(requests_done, seconds_elapsed)` is called about four times a
-    second from this process.
+    Each worker is `python -m fastfaas.loadgen.engine INDEX` with the plan on
+    its stdin (a fresh interpreter: nothing of the caller's `__main__` is
+    re-run); it reports progress lines and, at the end, its statistics on
+    stdout. `progress(requests_done, seconds_elapsed)` is called about four
+    times a second from this process.
     """
     plan.check()
     if plan.workers == 1 and progress is None:
         return run_in_process(plan)
-    ctx = multiprocessing.get_context("spawn")
-    done = ctx.Array("q", plan.workers, lock=False)
-    procs = []
-    pipes = []
-    for index in range(plan.workers):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker_main,
-                           args=(msgspec.msgpack.encode(plan), index, child, done),
-                           daemon=True, name=f"fastfaas-loadgen-{index}")
-        proc.start()
-        child.close()
-        procs.append(proc)
-        pipes.append(parent)
+    encoded = msgspec.msgpack.encode(plan)
+    procs = [subprocess.Popen([sys.executable, "-m", "fastfaas.loadgen.engine", str(index)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+             for index in range(plan.workers)]
     t0 = time.monotonic()
+    done = [0] * plan.workers
     total = Stats()
     try:
-        pending = list(pipes)
-        while pending:
-            ready = multiprocessing.connection.wait(pending, timeout=0.25)
-            for conn in ready:
-                assert isinstance(conn, multiprocessing.connection.Connection)
-                try:
-                    payload = conn.recv_bytes()
-                except EOFError:
-                    raise RuntimeError("a load worker died; see its error above") from None
-                total.merge(Stats.from_dict(msgspec.msgpack.decode(payload)))
-                pending.remove(conn)
-            if progress is not None:
-                progress(sum(done), time.monotonic() - t0)
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(encoded)
+            proc.stdin.close()
+        with selectors.DefaultSelector() as sel:
+            for index, proc in enumerate(procs):
+                assert proc.stdout is not None
+                sel.register(proc.stdout, selectors.EVENT_READ, index)
+            while sel.get_map():
+                for key, _ in sel.select(timeout=0.25):
+                    index = key.data
+                    stream = key.fileobj
+                    assert isinstance(stream, io.BufferedReader)
+                    line = stream.readline()
+                    if line.startswith(b"P "):
+                        done[index] = int(line[2:])
+                    elif line.startswith(b"R "):
+                        payload = stream.read(int(line[2:]))
+                        total.merge(Stats.from_dict(msgspec.msgpack.decode(payload)))
+                        sel.unregister(stream)
+                    else:  # EOF before the result: the worker failed
+                        raise RuntimeError(
+                            f"load worker {index} exited ({procs[index].wait()}) before"
+                            " reporting; see its error above")
+                if progress is not None:
+                    progress(sum(done), time.monotonic() - t0)
     finally:
         for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in pipes:
-            conn.close()
+            if proc.poll() is None:
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
     return total
 
 
-def _worker_main(encoded_plan: bytes, index: int,
-                 conn: multiprocessing.connection.Connection, done: Any) -> None:
-    plan = msgspec.msgpack.decode(encoded_plan, type=Plan)
+async def _report_progress(worker: _Worker, out: Any) -> None:
+    while True:
+        await trio.sleep(0.25)
+        out.write(b"P %d\n" % worker._done)
+        out.flush()
 
-    def progress(n: int) -> None:
-        done[index] = n
 
-    try:
-        stats = trio.run(_Worker(plan, index, progress).run)
-    except BaseException:
-        import traceback
+async def _worker_main(plan: Plan, index: int) -> Stats:
+    worker = _Worker(plan, index, None)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_report_progress, worker, sys.stdout.buffer)
+        stats = await worker.run()
+        nursery.cancel_scope.cancel()
+    return stats
 
-        traceback.print_exc(file=sys.stderr)
-        raise
-    conn.send_bytes(msgspec.msgpack.encode(stats.to_dict()))
-    conn.close()
+
+if __name__ == "__main__":
+    _plan = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=Plan)
+    _stats = trio.run(_worker_main, _plan, int(sys.argv[1]))
+    _payload = msgspec.msgpack.encode(_stats.to_dict())
+    sys.stdout.buffer.write(b"R %d\n" % len(_payload) + _payload)
+    sys.stdout.buffer.flush()
