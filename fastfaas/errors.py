@@ -52,6 +52,13 @@ class RequestTooLargeError(FastfaasError, ValueError):
     code = "RequestTooLarge"
 
 
+class TooManyRequestsError(FastfaasError, RuntimeError):
+    """A concurrency limit refused the invocation (HTTP 429 with Retry-After): the
+    function's max_concurrency or reserved_concurrency, or the server's limit."""
+
+    code = "TooManyRequests"
+
+
 class RuntimeClosedError(FastfaasError, RuntimeError):
     """The Runtime is not running (not entered yet, or shutting down)."""
 

@@ -16,10 +16,12 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from fastfaas.errors import FastfaasError
+from fastfaas.errors import FastfaasError, TooManyRequestsError
 from fastfaas.runtime.results import InvocationResult
 from fastfaas.runtime.runtime import Runtime
 from fastfaas.runtime.store import EventQueue, QueuedEvent
+
+THROTTLE_BACKOFF_S = 0.5  # an event over a concurrency limit waits this long, then again
 
 
 class Poller:
@@ -41,6 +43,7 @@ class Poller:
         self.on_result = on_result
         self.running = 0
         self.completed = 0
+        self.throttled = 0
         self._wakeup = trio.Event()
         self._stopping = False
         self._idle = trio.Event()
@@ -85,6 +88,11 @@ class Poller:
                 result = await self.runtime.invoke(event.function, payload=event.payload,
                                                    version=event.version,
                                                    request_id=event.id)
+            except TooManyRequestsError:
+                # Over a concurrency limit: the event waits and is taken again later.
+                await trio.sleep(THROTTLE_BACKOFF_S)
+                self.throttled += 1
+                self.queue.requeue(event.id)
             except FastfaasError as exc:
                 error = msgspec.json.encode({"error": exc.code, "message": str(exc)})
                 self.queue.finish(event.id, False, b"", error.decode(), "")

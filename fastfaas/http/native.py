@@ -53,6 +53,7 @@ _STATUS: Final[dict[type[FastfaasError], int]] = {
     errors.FunctionNotFoundError: 404,
     errors.RequestTooLargeError: 413,
     errors.RuntimeClosedError: 503,
+    errors.TooManyRequestsError: 429,
 }
 _encode = msgspec.json.encode
 
@@ -122,7 +123,10 @@ class NativeApi:
                 return await self._dispatch(req, {b"GET": self._metrics}, "")
             return self._error(404, "NotFound", f"no route for {req.path!r}")
         except FastfaasError as exc:
-            return self._error(_STATUS.get(type(exc), 500), exc.code, str(exc))
+            response = self._error(_STATUS.get(type(exc), 500), exc.code, str(exc))
+            if response.status == 429:
+                response.headers.append((b"retry-after", b"1"))
+            return response
         except Exception as exc:  # a bug of ours: answer 500, keep serving everyone else
             traceback.print_exc()
             return self._error(500, "InternalError", f"{type(exc).__name__}: {exc}")

@@ -35,9 +35,13 @@ def expired_instances(
 
 
 def zygote_expired(
-    *, last_used: float, now: float, zygote_idle_timeout_s: float, busy: int, warm: int
+    *, last_used: float, now: float, zygote_idle_timeout_s: float, busy: int, warm: int,
+    prewarm: int = 0,
 ) -> bool:
-    """A zygote with no busy or warm instances (spares don't count) past its idle timeout."""
+    """A zygote with no busy or warm instances (spares don't count) past its idle
+    timeout; never one whose function asks for `prewarm` instances."""
+    if prewarm > 0:
+        return False
     return busy == 0 and warm == 0 and now - last_used >= zygote_idle_timeout_s
 
 
@@ -121,3 +125,96 @@ class Deadlines:
                 out.append(entry.key)
             self._drop_done()
         return out
+
+
+class ConcurrencyLimits:
+    """A server-wide concurrency limit with per-function reservations (sans-IO).
+
+    As on Lambda: a function with `reserved_concurrency` R has R executions
+    held for it, which the others cannot take, and R is also its cap; the
+    others share what is left (the limit minus every reservation). A
+    function's `max_concurrency` caps it further. Counts are per function
+    name, across its versions.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the concurrency limit must be >= 1, not {limit}")
+        self.limit = limit
+        self._reserved: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
+        self._unreserved_in_use = 0
+
+    @property
+    def reserved_total(self) -> int:
+        return sum(self._reserved.values())
+
+    @property
+    def unreserved(self) -> int:
+        """Executions the functions without a reservation share."""
+        return self.limit - self.reserved_total
+
+    def check_reservation(self, name: str, reserved: int | None) -> str | None:
+        """Why `reserved` cannot be given to `name` (None: it can)."""
+        if not reserved:
+            return None
+        others = self.reserved_total - self._reserved.get(name, 0)
+        if others + reserved > self.limit:
+            return (f"reserved_concurrency {reserved} is more than what is left to reserve:"
+                    f" the server's limit is {self.limit} and {others} is reserved by other"
+                    " functions")
+        return None
+
+    def set_reservation(self, name: str, reserved: int | None) -> None:
+        """Raises ValueError when the reservation does not fit (see check_reservation)."""
+        why = self.check_reservation(name, reserved)
+        if why is not None:
+            raise ValueError(why)
+        in_flight = self._in_flight.get(name, 0)
+        was_reserved = name in self._reserved
+        if reserved:
+            self._reserved[name] = reserved
+        else:
+            self._reserved.pop(name, None)
+        now_reserved = name in self._reserved
+        if was_reserved != now_reserved:  # its calls in flight move between the pools
+            self._unreserved_in_use += -in_flight if now_reserved else in_flight
+
+    def forget(self, name: str) -> None:
+        self.set_reservation(name, None)
+
+    def try_acquire(self, name: str, max_concurrency: int | None) -> str | None:
+        """Take one execution for `name`; the reason it is refused, or None."""
+        in_flight = self._in_flight.get(name, 0)
+        if max_concurrency is not None and in_flight >= max_concurrency:
+            return f"function {name!r} is at its max_concurrency ({max_concurrency})"
+        reserved = self._reserved.get(name)
+        if reserved is not None:
+            if in_flight >= reserved:
+                return f"function {name!r} is at its reserved_concurrency ({reserved})"
+        elif self._unreserved_in_use >= self.unreserved:
+            return (f"the server is at its concurrency limit ({self.unreserved} executions for"
+                    " functions without a reservation)")
+        else:
+            self._unreserved_in_use += 1
+        self._in_flight[name] = in_flight + 1
+        return None
+
+    def release(self, name: str) -> None:
+        in_flight = self._in_flight.get(name, 0) - 1
+        if in_flight < 0:
+            raise RuntimeError(f"release without acquire for {name!r}")
+        if in_flight:
+            self._in_flight[name] = in_flight
+        else:
+            del self._in_flight[name]
+        if name not in self._reserved:
+            self._unreserved_in_use -= 1
+
+    def in_flight(self, name: str) -> int:
+        return self._in_flight.get(name, 0)
+
+    def statistics(self) -> dict[str, int]:
+        return {"limit": self.limit, "reserved": self.reserved_total,
+                "unreserved_in_use": self._unreserved_in_use,
+                "in_flight": sum(self._in_flight.values())}

@@ -35,6 +35,7 @@ from fastfaas.errors import (
     InvalidRequestError,
     RequestTooLargeError,
     RuntimeClosedError,
+    TooManyRequestsError,
     ZygoteError,
 )
 from fastfaas.runtime import code as code_bundles
@@ -79,6 +80,7 @@ class FunctionVersion:
         self.in_flight = 0
         self.spawning_spares = 0
         self.spare_task = False
+        self.throttled = 0
         self.retired = False
         self.slot_released = False
         self.init_log = b""
@@ -106,6 +108,8 @@ class Runtime:
             source (runs their build code); by default binary wheels only.
         pip_args: more pip options for requirements (`--no-index`, ...).
         log_entries: recent invocations kept per function for `logs()`.
+        concurrency_limit: executions at once, all functions together;
+            `reserved_concurrency` holds part of it for one function.
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class Runtime:
         allow_source_builds: bool = False,
         pip_args: Sequence[str] = (),
         log_entries: int = 100,
+        concurrency_limit: int = 1000,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
@@ -131,6 +136,7 @@ class Runtime:
         self.cgroup_pool_size = cgroup_pool_size
         self.spin_ns = spin_us * 1000
         self._running = 0  # invocations in flight, all functions
+        self.limits = policy.ConcurrencyLimits(concurrency_limit)
         self._now: Callable[[], float] = time.monotonic  # trio's clock once entered
         self.python = python
         self.requirements = code_bundles.Requirements(
@@ -284,6 +290,7 @@ class Runtime:
         self._check_open()
         check_name(name)
         cfg = FunctionConfig.create(handler=handler, **config)
+        self._check_reservation(name, cfg)
         zip_data = await trio.to_thread.run_sync(code_bundles.code_bytes, source)
         code_dir, sha = await trio.to_thread.run_sync(
             code_bundles.unpack, zip_data, self.data_dir / "code", self.requirements,
@@ -307,12 +314,20 @@ class Runtime:
                                       f" {self.data_dir / 'code'}")
         return self._activate(name, config, code_dir, code_sha256)
 
+    def _check_reservation(self, name: str, cfg: FunctionConfig) -> None:
+        why = self.limits.check_reservation(name, cfg.reserved_concurrency)
+        if why is not None:
+            raise InvalidRequestError(f"invalid function configuration: {why}")
+
     def _activate(self, name: str, cfg: FunctionConfig, code_dir: Path,
                   sha: str) -> dict[str, Any]:
+        self._check_reservation(name, cfg)
+        self.limits.set_reservation(name, cfg.reserved_concurrency)
         fv = FunctionVersion(name, LATEST, cfg, code_dir, sha, self.table.new_slot(),
                              next(self._generations))
         old = self._functions.get(name)
         self._functions[name] = fv
+        self._start_prewarm(fv)
         self._reap_lot.unpark_all()
         self._cg_hint = cfg.memory_mb
         self._cg_lot.unpark_all()
@@ -325,13 +340,17 @@ class Runtime:
         self._check_open()
         fv = self._lookup(name, LATEST)
         cfg = fv.config.replace(**changes)
+        self._check_reservation(name, cfg)
+        self.limits.set_reservation(name, cfg.reserved_concurrency)
         if any(getattr(cfg, f) != getattr(fv.config, f) for f in ZYGOTE_FIELDS):
             new = FunctionVersion(name, LATEST, cfg, fv.code_dir, fv.code_sha256,
                                   self.table.new_slot(), next(self._generations))
             self._functions[name] = new
             self._retire_version(fv)
+            self._start_prewarm(new)
         else:
             fv.config = cfg
+            self._start_prewarm(fv)
         self._reap_lot.unpark_all()
         return self.describe(name)
 
@@ -341,6 +360,7 @@ class Runtime:
         fv = self._lookup(name, LATEST)
         del self._functions[name]
         self._logs.pop(name, None)
+        self.limits.forget(name)
         self._retire_version(fv)
 
     def functions(self) -> list[str]:
@@ -371,6 +391,30 @@ class Runtime:
         self._want_spares(fv)
         return None
 
+    def _start_prewarm(self, fv: FunctionVersion) -> None:
+        """`prewarm` instances are forked from deployment on, without waiting for a call."""
+        if fv.config.prewarm > 0 and self._nursery is not None and not self._closing:
+            self._nursery.start_soon(self._prewarm, fv)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _prewarm(self, fv: FunctionVersion) -> None:
+        if fv.retired:
+            return
+        if fv.zygote is None or fv.zygote.dead:
+            fv.in_flight += 1  # keeps a concurrent reaper or drain off the claim
+            try:
+                claimed = await self._claim(fv)
+            except ZygoteError as exc:
+                print(f"fastfaas: prewarming {fv.name} failed: {exc}", file=sys.stderr)
+                return
+            finally:
+                fv.in_flight -= 1
+                if _retired(fv):  # replaced while the claim ran
+                    self._maybe_finish_draining(fv)
+            if isinstance(claimed, FunctionError):
+                return  # the InitError shows at the first invocation, as on Lambda
+        self._want_spares(fv)
+
     def new_request_id(self) -> str:
         return self._request_ids.next()
 
@@ -389,6 +433,9 @@ class Runtime:
             "code_sha256": fv.code_sha256,
             "config": msgspec.to_builtins(fv.config),
             "state": self._fv_state(fv),
+            "concurrency": {"in_flight": self.limits.in_flight(name),
+                            "reserved": fv.config.reserved_concurrency,
+                            "max": fv.config.max_concurrency},
             # Earlier generations still finishing calls in flight (then they exit).
             "draining": [self._fv_state(old) for old in self._draining if old.name == name],
         }
@@ -448,7 +495,8 @@ class Runtime:
 
         Raises:
             FunctionNotFoundError, InvalidRequestError, RequestTooLargeError,
-            RuntimeClosedError, ZygoteError.
+            TooManyRequestsError (a concurrency limit), RuntimeClosedError,
+            ZygoteError.
 
         Cancellation: takes effect at once for the caller; an invocation
         already handed to an instance runs to its end (or its timeout) in the
@@ -459,16 +507,24 @@ class Runtime:
         raw = _event_bytes(event, payload)
         if request_id is None:
             request_id = self._request_ids.next()
-        for _attempt in range(3):
-            try:
-                result = await self._invoke_once(fv, raw, request_id)
-            except _Retry:
-                # The event reached no handler (its instance or zygote was already
-                # dead): another instance gets it.
-                self.counters["retries"] += 1
-                continue
-            self._log(fv.name, result)
-            return result
+        refused = self.limits.try_acquire(name, fv.config.max_concurrency)
+        if refused is not None:
+            self.counters["throttled"] += 1
+            fv.throttled += 1
+            raise TooManyRequestsError(refused)
+        try:
+            for _attempt in range(3):
+                try:
+                    result = await self._invoke_once(fv, raw, request_id)
+                except _Retry:
+                    # The event reached no handler (its instance or zygote was already
+                    # dead): another instance gets it.
+                    self.counters["retries"] += 1
+                    continue
+                self._log(fv.name, result)
+                return result
+        finally:
+            self.limits.release(name)
         raise ZygoteError(f"function {fv.name}: no live instance could take the invocation")
 
     def _log(self, name: str, result: InvocationResult) -> None:
@@ -1156,6 +1212,7 @@ class Runtime:
                     zygote_idle_timeout_s=fv.config.zygote_idle_timeout_s,
                     busy=self.table.count(fv.slot, _native.STATE_BUSY) + fv.in_flight,
                     warm=self.table.idle(fv.slot, _native.KIND_WARM),
+                    prewarm=0 if fv.retired else fv.config.prewarm,
                 ):
                     self._stop_zygote(fv)
                 if fv.retired:
@@ -1176,6 +1233,7 @@ class Runtime:
                 "id": z.zygote_id, "pid": z.proc.pid, "alive": not z.dead},
             "instances": counts,
             "in_flight": fv.in_flight,
+            "throttled": fv.throttled,
             "retired": fv.retired,
         }
 
@@ -1193,6 +1251,7 @@ class Runtime:
             "warming_pool": {"ready": len(self._pool), "forking": self._pool_forking,
                              "target": self.warm_pool_size},
             "zygotes": len(self._all_zygotes),
+            "concurrency": self.limits.statistics(),
             "functions": {name: self._fv_state(fv) for name, fv in self._functions.items()},
             "draining": [self._fv_state(fv) | {"name": fv.name} for fv in self._draining],
             "counters": dict(self.counters),

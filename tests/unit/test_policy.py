@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -115,3 +116,66 @@ def test_finished_deadlines_do_not_pile_up() -> None:
     assert d.next_deadline() == 900.0
     keep.finish()
     assert d.next_deadline() is None
+
+
+def test_concurrency_limits_share_the_unreserved_pool() -> None:
+    limits = policy.ConcurrencyLimits(10)
+    limits.set_reservation("r", 4)
+    assert limits.unreserved == 6
+    for _ in range(6):
+        assert limits.try_acquire("a", None) is None
+    refused = limits.try_acquire("b", None)
+    assert refused is not None and "concurrency limit (6" in refused
+    # The reservation is held for r: the others cannot take it...
+    for _ in range(4):
+        assert limits.try_acquire("r", None) is None
+    # ...and it is also r's cap.
+    refused = limits.try_acquire("r", None)
+    assert refused is not None and "reserved_concurrency (4)" in refused
+    limits.release("a")
+    assert limits.try_acquire("b", None) is None
+    assert limits.statistics() == {"limit": 10, "reserved": 4, "unreserved_in_use": 6,
+                                   "in_flight": 10}
+
+
+def test_max_concurrency_caps_one_function() -> None:
+    limits = policy.ConcurrencyLimits(100)
+    assert limits.try_acquire("f", 2) is None
+    assert limits.try_acquire("f", 2) is None
+    refused = limits.try_acquire("f", 2)
+    assert refused is not None and "max_concurrency (2)" in refused
+    limits.release("f")
+    assert limits.try_acquire("f", 2) is None
+    assert limits.in_flight("f") == 2
+
+
+def test_reservations_cannot_exceed_the_limit() -> None:
+    limits = policy.ConcurrencyLimits(10)
+    limits.set_reservation("a", 6)
+    why = limits.check_reservation("b", 5)
+    assert why is not None and "limit is 10" in why and "6 is reserved" in why
+    with pytest.raises(ValueError):
+        limits.set_reservation("b", 5)
+    assert limits.check_reservation("a", 10) is None  # a's own share does not count
+    limits.set_reservation("b", 4)
+    assert limits.unreserved == 0
+
+
+def test_a_reservation_changed_with_calls_in_flight_keeps_the_counts_right() -> None:
+    limits = policy.ConcurrencyLimits(10)
+    for _ in range(3):
+        assert limits.try_acquire("f", None) is None
+    limits.set_reservation("f", 5)  # its three calls move out of the shared pool
+    assert limits.statistics()["unreserved_in_use"] == 0
+    for _ in range(5):
+        assert limits.try_acquire("g", None) is None
+    limits.forget("f")  # and back
+    assert limits.statistics()["unreserved_in_use"] == 8
+    for _ in range(3):
+        limits.release("f")
+    for _ in range(5):
+        limits.release("g")
+    assert limits.statistics() == {"limit": 10, "reserved": 0, "unreserved_in_use": 0,
+                                   "in_flight": 0}
+    with pytest.raises(RuntimeError):
+        limits.release("f")
