@@ -58,6 +58,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     load.add_argument("--mode", choices=("closed", "open"), default="closed")
     load.add_argument("--connections", type=int, default=32)
     load.add_argument("--rate", type=float, default=1000.0, help="open loop: requests/s")
+    load.add_argument("--rate-end", type=float, default=None,
+                      help="open loop: ramp the rate linearly from --rate to this")
     load.add_argument("--duration", type=float, default=10.0, help="seconds measured")
     load.add_argument("--warmup", type=float, default=2.0, help="seconds sent, not measured")
     load.add_argument("--workers", type=int, default=1, help="generator processes")
@@ -149,7 +151,8 @@ def _load(args: argparse.Namespace, target: Target, functions: list[str],
           label: str) -> tuple[Plan, Stats]:
     plan = plan_for(target, functions, payload=payload_of(args.payload_bytes),
                     zipf_s=getattr(args, "zipf", 1.0), mode=args.mode,
-                    connections=args.connections, rate=args.rate, duration_s=args.duration,
+                    connections=args.connections, rate=args.rate, rate_end=args.rate_end,
+                    duration_s=args.duration,
                     warmup_s=args.warmup, seed=args.seed, workers=args.workers)
     update, bar = _progress(args, args.warmup + args.duration, label)
     with bar:

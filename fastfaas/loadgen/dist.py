@@ -88,3 +88,31 @@ def _arrivals(rate: float, rng: random.Random, t: float) -> Iterator[float]:
         later = t + rng.expovariate(rate)
         t = later if later > t else math.nextafter(t, math.inf)
         yield t
+
+
+def ramp_arrivals(rate_start: float, rate_end: float, ramp_s: float, rng: random.Random,
+                  start: float = 0.0) -> Iterator[float]:
+    """A Poisson process whose rate goes linearly from rate_start to rate_end over
+    ramp_s, then stays at rate_end (thinning: candidates at the larger rate, each
+    kept with probability rate(t) / that rate).
+
+    Raises:
+        ValueError: a rate not finite and >= 0 with one of them > 0, or ramp_s <= 0.
+    """
+    for r in (rate_start, rate_end):
+        if not (math.isfinite(r) and r >= 0):
+            raise ValueError(f"rates must be finite and >= 0, got {r}")
+    top = max(rate_start, rate_end)
+    if top <= 0:
+        raise ValueError("at least one of the rates must be > 0")
+    if not (math.isfinite(ramp_s) and ramp_s > 0):
+        raise ValueError(f"ramp_s must be finite and > 0, got {ramp_s}")
+    return _thinned(rate_start, rate_end, ramp_s, top, rng, start)
+
+
+def _thinned(r0: float, r1: float, ramp_s: float, top: float, rng: random.Random,
+             start: float) -> Iterator[float]:
+    for t in _arrivals(top, rng, start):
+        frac = min(1.0, (t - start) / ramp_s)
+        if rng.random() * top < r0 + (r1 - r0) * frac:
+            yield t

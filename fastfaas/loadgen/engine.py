@@ -23,7 +23,7 @@ import msgspec
 import trio
 
 from fastfaas.loadgen.client import Connection, ConnectionClosed, Response, build_request
-from fastfaas.loadgen.dist import Zipf, poisson_arrivals
+from fastfaas.loadgen.dist import Zipf, poisson_arrivals, ramp_arrivals
 from fastfaas.loadgen.hist import Histogram
 
 
@@ -46,7 +46,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     functions: names ranked by popularity; each request picks one with a Zipf
         law of exponent `zipf_s` (0: uniform).
     mode: "closed" (`connections` loops) or "open" (Poisson at `rate`/s, at
-        most `connections` connections open).
+        most `connections` connections open; with `rate_end`, the rate goes
+        linearly from `rate` to `rate_end` over warm-up and measurement).
     warmup_s: sent but not recorded, before `duration_s` of measurement.
     workers: processes sharing the load (connections and rate are split).
     """
@@ -58,6 +59,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     mode: str = "closed"
     connections: int = 32
     rate: float = 0.0
+    rate_end: float | None = None
     duration_s: float = 10.0
     warmup_s: float = 0.0
     seed: int = 1
@@ -71,8 +73,10 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("the plan needs at least one function")
         if self.connections < 1 or self.workers < 1:
             raise ValueError("connections and workers must be >= 1")
-        if self.mode == "open" and self.rate <= 0:
+        if self.mode == "open" and self.rate <= 0 and not self.rate_end:
             raise ValueError("an open loop needs rate > 0")
+        if self.rate_end is not None and self.rate_end < 0:
+            raise ValueError("rate_end must be >= 0")
         if self.duration_s <= 0 or self.warmup_s < 0:
             raise ValueError("duration_s must be > 0 and warmup_s >= 0")
         if self.connections < self.workers:
@@ -196,6 +200,7 @@ class _Worker:
         share = plan.connections // plan.workers
         self.connections = share + (1 if index < plan.connections % plan.workers else 0)
         self.rate = plan.rate / plan.workers
+        self.rate_end = None if plan.rate_end is None else plan.rate_end / plan.workers
         self._idle: list[Connection] = []
         self._busy: set[Connection] = set()
         self._open = 0
@@ -252,7 +257,12 @@ class _Worker:
 
     async def _open_loop(self) -> None:
         limiter = trio.Semaphore(self.connections)
-        arrivals = poisson_arrivals(self.rate, self.rng, start=trio.current_time())
+        now = trio.current_time()
+        if self.rate_end is None:
+            arrivals = poisson_arrivals(self.rate, self.rng, start=now)
+        else:
+            arrivals = ramp_arrivals(self.rate, self.rate_end, self.t_end - now, self.rng,
+                                     start=now)
         async with trio.open_nursery() as nursery:
             for intended in arrivals:
                 if intended >= self.t_end:

@@ -6,8 +6,10 @@ their own, so they are tested under trio's autojump clock.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -218,3 +220,37 @@ class ConcurrencyLimits:
         return {"limit": self.limit, "reserved": self.reserved_total,
                 "unreserved_in_use": self._unreserved_in_use,
                 "in_flight": sum(self._in_flight.values())}
+
+
+class SpareSizer:
+    """How many spares one function keeps, from its recent demand for new instances.
+
+    Every start that needed a new instance (a spare taken, or a fork on the
+    request path) is noted. The target is the base (1, or `prewarm`) plus
+    `factor` times the new instances needed in the last `window_s`, up to
+    `max_spares`: a function whose concurrency is rising keeps spares ahead
+    of it; a steady one falls back to the base as the window empties.
+    """
+
+    def __init__(self, window_s: float = 5.0, factor: float = 0.5,
+                 max_spares: int = 16) -> None:
+        self.window_s = window_s
+        self.factor = factor
+        self.max_spares = max_spares
+        self._needs: collections.deque[float] = collections.deque()
+
+    def note_new_instance(self, now: float) -> None:
+        self._needs.append(now)
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.window_s
+        while self._needs and self._needs[0] <= cutoff:
+            self._needs.popleft()
+        while len(self._needs) > 4 * self.max_spares / max(self.factor, 1e-9):
+            self._needs.popleft()  # bounded memory under a flood
+
+    def target(self, now: float, base: int) -> int:
+        self._expire(now)
+        extra = math.ceil(len(self._needs) * self.factor)
+        return max(base, min(self.max_spares, base + extra))

@@ -81,6 +81,7 @@ class FunctionVersion:
         self.spawning_spares = 0
         self.spare_task = False
         self.throttled = 0
+        self.sizer = policy.SpareSizer()
         self.retired = False
         self.slot_released = False
         self.init_log = b""
@@ -560,6 +561,9 @@ class Runtime:
                 cpu_base = inst.cpu_base
                 sent = True  # the zygote handed the event to the instance at its fork
             self.counters[start] += 1
+            if start != "warm":  # a new instance was needed: replace it now, size for more
+                fv.sizer.note_new_instance(self._now())
+                self._want_spares(fv)
             return await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
         finally:
             fv.in_flight -= 1
@@ -1031,6 +1035,11 @@ class Runtime:
 
     # --- spares, pools, reaping ----------------------------------------------------
 
+    def _spare_target(self, fv: FunctionVersion) -> int:
+        base = policy.spare_target(prewarm=fv.config.prewarm, spares=self.spares)
+        # spares=0 turns the adaptive part off too (tests use it for "no spare").
+        return fv.sizer.target(self._now(), base) if self.spares else base
+
     def _want_spares(self, fv: FunctionVersion) -> None:
         if fv.spare_task or fv.retired or self._nursery is None or self._closing:
             return
@@ -1040,10 +1049,9 @@ class Runtime:
     @trio.lowlevel.enable_ki_protection
     async def _keep_spares(self, fv: FunctionVersion) -> None:
         try:
-            target = policy.spare_target(prewarm=fv.config.prewarm, spares=self.spares)
             while not fv.retired and fv.zygote is not None and not fv.zygote.dead:
                 need = policy.spare_deficit(
-                    target=target,
+                    target=self._spare_target(fv),
                     idle_spares=self.table.idle(fv.slot, _native.KIND_SPARE),
                     spawning=fv.spawning_spares,
                 )
@@ -1233,6 +1241,8 @@ class Runtime:
                 "id": z.zygote_id, "pid": z.proc.pid, "alive": not z.dead},
             "instances": counts,
             "in_flight": fv.in_flight,
+            "spare_target": self._spare_target(fv),
+            "spawning_spares": fv.spawning_spares,
             "throttled": fv.throttled,
             "retired": fv.retired,
         }

@@ -150,14 +150,20 @@ async def test_concurrent_invocations_get_distinct_instances(
         await gate.wait_arrivals(4)
         state = runtime.statistics()["functions"]["gated"]
         # A forked instance runs its call before the server has its socket: spawning.
+        # Spares taken are replaced at once, so spawning may also count a new spare.
         assert state["in_flight"] == 4
-        assert state["instances"]["busy"] + state["instances"]["spawning"] == 4
+        spare_forks = state["spawning_spares"]
+        assert state["instances"]["busy"] + state["instances"]["spawning"] - spare_forks == 4
         await gate.release()
     results = [r for call in calls for r in call]
     assert all(r.ok for r in results)
     assert len({r.instance_id for r in results}) == 4
     assert len({r.value()["pid"] for r in results}) == 4
-    assert sorted(r.start for r in results) == ["forked", "forked", "prewarmed", "warm"]
+    starts = [r.start for r in results]
+    # One warm, the spare, then forks; a spare taken is replaced at once, so a
+    # later call may find the replacement ready (prewarmed) instead of forking.
+    assert starts.count("warm") == 1 and starts.count("prewarmed") >= 1
+    assert starts.count("prewarmed") + starts.count("forked") == 3
 
 
 async def test_start_kinds_without_pools(tmp_path, make_function, cgroups_mode) -> None:

@@ -450,3 +450,21 @@ def test_poisson_times_increase_even_when_a_gap_is_zero() -> None:
 def test_poisson_bad_rate_is_refused_at_the_call(rate: float) -> None:
     with pytest.raises(ValueError, match="rate"):
         poisson_arrivals(rate, random.Random(0))  # no next() needed
+
+
+def test_ramp_arrivals_follow_the_rising_rate() -> None:
+    # 0 -> 2000/s over 10 s: expected counts per second 100, 300, ..., 1900.
+    from fastfaas.loadgen.dist import ramp_arrivals
+
+    times = []
+    for t in ramp_arrivals(0.0, 2000.0, 10.0, random.Random(7)):
+        if t >= 10.0:
+            break
+        times.append(t)
+    assert times == sorted(times)
+    for second in range(10):
+        n = sum(1 for t in times if second <= t < second + 1)
+        expected = 200 * second + 100
+        assert abs(n - expected) <= 6 * math.sqrt(expected)  # Poisson: 6 sigma
+    with pytest.raises(ValueError):
+        ramp_arrivals(0.0, 0.0, 1.0, random.Random(1))

@@ -179,3 +179,31 @@ def test_a_reservation_changed_with_calls_in_flight_keeps_the_counts_right() -> 
                                    "in_flight": 0}
     with pytest.raises(RuntimeError):
         limits.release("f")
+
+
+def test_spares_follow_recent_demand_for_new_instances() -> None:
+    sizer = policy.SpareSizer(window_s=5.0, factor=0.5, max_spares=4)
+    assert sizer.target(0.0, base=1) == 1  # nothing needed yet: the base
+    for t in (1.0, 1.1, 1.2):
+        sizer.note_new_instance(t)
+    assert sizer.target(1.2, base=1) == 1 + 2  # ceil(3 * 0.5)
+    for t in (2.0, 2.1, 2.2, 2.3, 2.4, 2.5):
+        sizer.note_new_instance(t)
+    assert sizer.target(2.5, base=1) == 4  # capped
+    assert sizer.target(6.15, base=1) == 1 + 3  # the first three left the window
+    assert sizer.target(7.6, base=1) == 1  # steady again: back to the base
+    assert sizer.target(7.6, base=3) == 3  # prewarm is the floor
+
+
+def test_spare_sizer_memory_is_bounded_under_a_flood() -> None:
+    sizer = policy.SpareSizer(window_s=60.0, factor=0.5, max_spares=16)
+    for i in range(100_000):
+        sizer.note_new_instance(i * 1e-4)
+    assert len(sizer._needs) <= 4 * 16 / 0.5
+    assert sizer.target(10.0, base=1) == 16
+
+
+def test_a_prewarmed_zygote_is_never_reaped_for_idleness() -> None:
+    args = {"last_used": 0.0, "now": 1e6, "zygote_idle_timeout_s": 300, "busy": 0, "warm": 0}
+    assert policy.zygote_expired(**args)
+    assert not policy.zygote_expired(**args, prewarm=2)
