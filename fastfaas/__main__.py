@@ -76,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cgroups", choices=("auto", "require", "off"), default="auto",
                    help="cgroups where writable (auto), or fail without (require), or rlimits")
     s.add_argument("--warm-pool-size", type=int, default=2,
-                   help="generic zygotes forked ahead of need (default 2)")
+                   help="generic zygotes forked ahead of need, at least (default 2)")
+    s.add_argument("--warm-pool-max", type=int, default=8,
+                   help="the most the warming pool grows to under a high rate of claims"
+                        " (default 8)")
     s.add_argument("--concurrency-limit", type=int, default=1000,
                    help="executions at once, all functions (default 1000); a function's"
                         " reserved_concurrency holds part of it")
@@ -154,9 +157,10 @@ def _serve(args: argparse.Namespace) -> None:
     if min(args.header_timeout_s, args.keepalive_timeout_s, args.graceful_timeout_s) <= 0:
         print("fastfaas: timeouts must be > 0", file=sys.stderr)
         sys.exit(2)
-    if args.async_concurrency < 1 or args.warm_pool_size < 0 or args.concurrency_limit < 1:
+    if (args.async_concurrency < 1 or args.warm_pool_size < 0 or args.concurrency_limit < 1
+            or args.warm_pool_max < args.warm_pool_size):
         print("fastfaas: --async-concurrency and --concurrency-limit must be >= 1 and"
-              " --warm-pool-size >= 0",
+              " 0 <= --warm-pool-size <= --warm-pool-max",
               file=sys.stderr)
         sys.exit(2)
 
@@ -165,7 +169,7 @@ def _serve(args: argparse.Namespace) -> None:
         token=args.token, max_body_mb=args.max_body_mb,
         graceful_timeout_s=args.graceful_timeout_s, cgroups=args.cgroups,
         warm_pool_size=args.warm_pool_size, async_concurrency=args.async_concurrency,
-        concurrency_limit=args.concurrency_limit,
+        concurrency_limit=args.concurrency_limit, warm_pool_max=args.warm_pool_max,
         allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,

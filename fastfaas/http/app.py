@@ -37,6 +37,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     warm_pool_size: int = 2
     async_concurrency: int = 32
     concurrency_limit: int = 1000
+    warm_pool_max: int = 8
     allow_source_builds: bool = False
     pip_args: Sequence[str] = ()
     limits: Limits = Limits()
@@ -110,7 +111,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
         async with Runtime(data_dir, cgroups=opts.cgroups, warm_pool_size=opts.warm_pool_size,
                            allow_source_builds=opts.allow_source_builds,
                            pip_args=opts.pip_args,
-                           concurrency_limit=opts.concurrency_limit) as rt, \
+                           concurrency_limit=opts.concurrency_limit,
+                           warm_pool_max=max(opts.warm_pool_max, opts.warm_pool_size)) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:

@@ -334,6 +334,7 @@ class NativeApi:
             "functions": len(stats["functions"]),
             "zygotes": stats["zygotes"],
             "warming_pool": stats["warming_pool"]["ready"],
+            "warming_pool_target": stats["warming_pool"]["target"],
             "instances": instances,
             "draining": len(stats["draining"]),
             "queued": self.store.queued_count(),

@@ -254,3 +254,50 @@ class SpareSizer:
         self._expire(now)
         extra = math.ceil(len(self._needs) * self.factor)
         return max(base, min(self.max_spares, base + extra))
+
+
+class PoolSizer:
+    """The warming pool's target size, from the recent rate of claims (sans-IO).
+
+    Claims in the last `window_s` are counted. Above `grow_at` times the
+    target, the target grows by one; below `shrink_at` times it, it shrinks by
+    one (the gap between the two is the hysteresis); at most one step per
+    `step_s`, always within [minimum, maximum].
+    """
+
+    def __init__(self, minimum: int, maximum: int, *, window_s: float = 10.0,
+                 grow_at: float = 2.0, shrink_at: float = 0.5, step_s: float = 1.0) -> None:
+        if not 0 <= minimum <= maximum:
+            raise ValueError(f"need 0 <= minimum ({minimum}) <= maximum ({maximum})")
+        if not shrink_at < grow_at:
+            raise ValueError("shrink_at must be below grow_at")
+        self.minimum = minimum
+        self.maximum = maximum
+        self.window_s = window_s
+        self.grow_at = grow_at
+        self.shrink_at = shrink_at
+        self.step_s = step_s
+        self.current = minimum
+        self._claims: collections.deque[float] = collections.deque()
+        self._last_step = -math.inf
+
+    def note_claim(self, now: float) -> None:
+        self._claims.append(now)
+
+    def recent_claims(self, now: float) -> int:
+        cutoff = now - self.window_s
+        while self._claims and self._claims[0] <= cutoff:
+            self._claims.popleft()
+        return len(self._claims)
+
+    def target(self, now: float) -> int:
+        claims = self.recent_claims(now)
+        if now - self._last_step >= self.step_s:
+            reference = max(self.current, 1)
+            if claims > self.grow_at * reference and self.current < self.maximum:
+                self.current += 1
+                self._last_step = now
+            elif claims < self.shrink_at * reference and self.current > self.minimum:
+                self.current -= 1
+                self._last_step = now
+        return self.current

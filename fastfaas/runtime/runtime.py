@@ -97,7 +97,9 @@ class Runtime:
         data_dir: where code bundles are unpacked (`code/<sha256>/`).
         cgroups: "auto" (cgroups where writable, else rlimits), "require"
             (raise errors.CgroupError when not writable) or "off" (rlimits).
-        warm_pool_size: generic zygotes forked ahead of need.
+        warm_pool_size: generic zygotes forked ahead of need, at least; the
+            pool grows with the rate of claims up to `warm_pool_max` (default
+            max(8, warm_pool_size)) and shrinks back when it falls.
         spares: spare instances each function zygote keeps forked and ready.
         cgroup_pool_size: instance cgroups created ahead of need.
         spin_us: how long to poll for a reply before sleeping, when it is
@@ -127,12 +129,15 @@ class Runtime:
         pip_args: Sequence[str] = (),
         log_entries: int = 100,
         concurrency_limit: int = 1000,
+        warm_pool_max: int | None = None,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
         self.data_dir = Path(data_dir).resolve()
         self.cgroups = Cgroups(cgroups)
         self.warm_pool_size = warm_pool_size
+        self._pool_sizer = policy.PoolSizer(
+            warm_pool_size, max(8, warm_pool_size) if warm_pool_max is None else warm_pool_max)
         self.spares = spares
         self.cgroup_pool_size = cgroup_pool_size
         self.spin_ns = spin_us * 1000
@@ -626,6 +631,7 @@ class Runtime:
             fv.claiming = None
 
     async def _take_generic(self) -> tuple[ZygoteHandle, str]:
+        self._pool_sizer.note_claim(self._now())
         while self._pool:
             z = self._pool.popleft()
             self._pool_lot.unpark_all()
@@ -1096,10 +1102,16 @@ class Runtime:
     @trio.lowlevel.enable_ki_protection
     async def _fill_warming_pool(self) -> None:
         while True:
-            need = policy.pool_deficit(target=self.warm_pool_size, ready=len(self._pool),
+            target = self._pool_sizer.target(self._now())
+            while len(self._pool) > target:  # demand fell: stop the extra zygotes
+                extra = self._pool.pop()
+                extra.stop()
+                self.counters["generic_zygotes_stopped"] += 1
+            need = policy.pool_deficit(target=target, ready=len(self._pool),
                                        forking=self._pool_forking)
             if need <= 0:
-                await self._pool_lot.park()
+                with trio.move_on_after(self._pool_sizer.step_s):  # look at demand again
+                    await self._pool_lot.park()
                 continue
             self._pool_forking += 1
             try:
@@ -1259,7 +1271,10 @@ class Runtime:
             },
             "template": {"pid": self.template.pid, "running": self.template.ready.is_set()},
             "warming_pool": {"ready": len(self._pool), "forking": self._pool_forking,
-                             "target": self.warm_pool_size},
+                             "target": self._pool_sizer.current,
+                             "minimum": self._pool_sizer.minimum,
+                             "maximum": self._pool_sizer.maximum,
+                             "recent_claims": self._pool_sizer.recent_claims(self._now())},
             "zygotes": len(self._all_zygotes),
             "concurrency": self.limits.statistics(),
             "functions": {name: self._fv_state(fv) for name, fv in self._functions.items()},

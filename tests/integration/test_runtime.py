@@ -415,3 +415,17 @@ async def test_a_dead_template_is_replaced_and_functions_keep_working(
     assert after.start in ("claimed", "cold")
     assert runtime.template.pid != old_template
     assert runtime.counters["template_restarts"] == 1
+
+
+async def test_the_warming_pool_grows_with_a_burst_of_claims(tmp_path, make_function,
+                                                             cgroups_mode) -> None:
+    code = make_function(app="def handler(e, c):\n    return 1\n")
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                warm_pool_size=1, warm_pool_max=4) as rt:
+        assert rt.statistics()["warming_pool"]["target"] == 1
+        for i in range(6):  # six claims within the window: more than twice the target
+            await rt.deploy(f"f{i}", source=code, handler="app.handler")
+            assert (await rt.invoke(f"f{i}")).start in ("claimed", "cold")
+        pool = rt.statistics()["warming_pool"]
+        assert pool["recent_claims"] == 6
+        assert 2 <= pool["target"] <= 4

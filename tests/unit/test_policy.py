@@ -207,3 +207,29 @@ def test_a_prewarmed_zygote_is_never_reaped_for_idleness() -> None:
     args = {"last_used": 0.0, "now": 1e6, "zygote_idle_timeout_s": 300, "busy": 0, "warm": 0}
     assert policy.zygote_expired(**args)
     assert not policy.zygote_expired(**args, prewarm=2)
+
+
+def test_the_warming_pool_grows_with_claims_and_shrinks_back() -> None:
+    sizer = policy.PoolSizer(2, 5, window_s=10.0, grow_at=2.0, shrink_at=0.5, step_s=1.0)
+    assert sizer.target(0.0) == 2
+    for i in range(5):  # 5 claims > 2 * 2
+        sizer.note_claim(0.1 + i * 0.01)
+    assert sizer.target(0.2) == 3
+    assert sizer.target(0.5) == 3  # one step per second at most
+    for i in range(3):  # 8 claims > 2 * 3
+        sizer.note_claim(1.0 + i * 0.01)
+    assert sizer.target(1.3) == 4
+    for i in range(20):  # a flood: still one step a second, capped at 5
+        sizer.note_claim(2.0 + i * 0.01)
+    assert [sizer.target(t) for t in (2.5, 3.5, 4.5)] == [5, 5, 5]
+    # Between shrink_at and grow_at nothing moves (hysteresis).
+    assert sizer.recent_claims(11.5) == 20 and sizer.target(11.5) == 5
+    # The window empties: down one step a second to the minimum, no further.
+    assert [sizer.target(t) for t in (12.6, 13.6, 14.6, 15.6, 16.6)] == [4, 3, 2, 2, 2]
+
+
+def test_pool_sizer_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        policy.PoolSizer(3, 2)
+    with pytest.raises(ValueError):
+        policy.PoolSizer(1, 2, grow_at=1.0, shrink_at=1.0)
