@@ -38,6 +38,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     async_concurrency: int = 32
     concurrency_limit: int = 1000
     warm_pool_max: int = 8
+    affinity_wait_s: float = 1.0
     allow_source_builds: bool = False
     pip_args: Sequence[str] = ()
     limits: Limits = Limits()
@@ -112,7 +113,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            allow_source_builds=opts.allow_source_builds,
                            pip_args=opts.pip_args,
                            concurrency_limit=opts.concurrency_limit,
-                           warm_pool_max=max(opts.warm_pool_max, opts.warm_pool_size)) as rt, \
+                           warm_pool_max=max(opts.warm_pool_max, opts.warm_pool_size),
+                           affinity_wait_s=opts.affinity_wait_s) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:

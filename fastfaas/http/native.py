@@ -45,6 +45,7 @@ from fastfaas.runtime.store import Store, StoredFunction
 
 MAX_DEPLOY_BODY: Final = code_bundles.MAX_ZIP_BYTES * 4 // 3 + (1 << 20)  # base64 in JSON
 CONFIG_FIELDS: Final = frozenset(FunctionConfig.__struct_fields__)
+MAX_ROUTE_KEY_BYTES: Final = 256
 ZIP_TYPES: Final = (b"application/zip", b"application/x-zip-compressed",
                     b"application/octet-stream")
 
@@ -156,8 +157,14 @@ class NativeApi:
         kind = req.header(b"x-fastfaas-invocation-type", b"RequestResponse")
         if kind != b"RequestResponse":
             return self._invoke_other(kind, name, body)
+        route_key = req.headers.get(b"x-fastfaas-route-key")
         try:
-            result = await self.runtime.invoke(name, payload=body)
+            if route_key is None:
+                result = await self.runtime.invoke(name, payload=body)
+            else:
+                result = await self.runtime.invoke(
+                    name, payload=body, route_key=_route_key(route_key),
+                    route_wait=_route_wait(req.header(b"x-fastfaas-route-busy", b"wait")))
         except FunctionNotFoundError:
             check_name(name)  # a malformed name is a 400, not a 404
             raise
@@ -180,6 +187,8 @@ class NativeApi:
         ]
         if error is not None:
             headers.append((b"x-fastfaas-function-error", error.kind.encode()))
+        if result.affinity:
+            headers.append((b"x-fastfaas-affinity", result.affinity.encode()))
         return Response(200, result.payload, headers)
 
     def _invoke_other(self, kind: bytes, name: str, body: bytes) -> Response:
@@ -345,6 +354,20 @@ class NativeApi:
     async def _metrics(self, req: Request, _: str) -> Response:
         body = self.metrics.render(self.runtime.statistics(), self.store.queued_count())
         return Response(200, body, [(b"content-type", b"text/plain; version=0.0.4")])
+
+
+def _route_key(raw: bytes) -> str:
+    if not 0 < len(raw) <= MAX_ROUTE_KEY_BYTES:
+        raise InvalidRequestError(
+            f"X-Fastfaas-Route-Key must be 1-{MAX_ROUTE_KEY_BYTES} bytes, not {len(raw)}")
+    return raw.decode("latin-1")
+
+
+def _route_wait(raw: bytes) -> bool:
+    if raw not in (b"wait", b"fallback"):
+        raise InvalidRequestError("X-Fastfaas-Route-Busy must be 'wait' (the default: wait for"
+                                  " the key's busy instance, up to a bound) or 'fallback'")
+    return raw == b"wait"
 
 
 def _query_fields(query: bytes) -> dict[str, Any]:

@@ -39,6 +39,9 @@ class InvocationResult(msgspec.Struct, frozen=True):
     duration_us: int
     usage: Usage
     log_tail: bytes = b""
+    # With a route key: "hit" (the key's instance served it), "fallback" (it
+    # was busy past the wait, or gone: another served it), "miss" (a new key).
+    affinity: str = ""
 
     @property
     def ok(self) -> bool:

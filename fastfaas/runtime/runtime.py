@@ -57,6 +57,7 @@ LATEST = "$LATEST"
 EXIT_STATUS_WAIT_S = 2.0
 WARMUP_TIMEOUT_S = 10.0
 MIN_TIMEOUT_S = 1.0  # the smallest timeout_s
+MAX_ROUTE_KEYS = 100_000  # affinity keys remembered per function version
 _json_encode = msgspec.json.encode
 
 
@@ -82,6 +83,7 @@ class FunctionVersion:
         self.spare_task = False
         self.throttled = 0
         self.sizer = policy.SpareSizer()
+        self.routes: dict[str, InstanceHandle] = {}  # affinity: key -> the instance that served it
         self.retired = False
         self.slot_released = False
         self.init_log = b""
@@ -113,6 +115,8 @@ class Runtime:
         log_entries: recent invocations kept per function for `logs()`.
         concurrency_limit: executions at once, all functions together;
             `reserved_concurrency` holds part of it for one function.
+        affinity_wait_s: how long a call with a route key waits for its busy
+            instance before another instance serves it.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Runtime:
         log_entries: int = 100,
         concurrency_limit: int = 1000,
         warm_pool_max: int | None = None,
+        affinity_wait_s: float = 1.0,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
@@ -143,6 +148,7 @@ class Runtime:
         self.spin_ns = spin_us * 1000
         self._running = 0  # invocations in flight, all functions
         self.limits = policy.ConcurrencyLimits(concurrency_limit)
+        self.affinity_wait_s = affinity_wait_s
         self._now: Callable[[], float] = time.monotonic  # trio's clock once entered
         self.python = python
         self.requirements = code_bundles.Requirements(
@@ -492,6 +498,8 @@ class Runtime:
         payload: bytes | None = None,
         version: str = LATEST,
         request_id: str | None = None,
+        route_key: str | None = None,
+        route_wait: bool = True,
     ) -> InvocationResult:
         """Invoke a function with an event (any JSON value) or raw JSON `payload` bytes.
 
@@ -503,6 +511,11 @@ class Runtime:
             FunctionNotFoundError, InvalidRequestError, RequestTooLargeError,
             TooManyRequestsError (a concurrency limit), RuntimeClosedError,
             ZygoteError.
+
+        With `route_key`, the call goes to the instance that last served that
+        key for this function while it lives and is idle; if it is busy the
+        call waits for it up to `affinity_wait_s` (`route_wait=False`: not at
+        all) and then another instance serves it (`result.affinity`).
 
         Cancellation: takes effect at once for the caller; an invocation
         already handed to an instance runs to its end (or its timeout) in the
@@ -521,7 +534,8 @@ class Runtime:
         try:
             for _attempt in range(3):
                 try:
-                    result = await self._invoke_once(fv, raw, request_id)
+                    result = await self._invoke_once(fv, raw, request_id, route_key,
+                                                     route_wait)
                 except _Retry:
                     # The event reached no handler (its instance or zygote was already
                     # dead): another instance gets it.
@@ -543,13 +557,19 @@ class Runtime:
                                 None if result.error is None else result.error.kind,
                                 result.log_tail))
 
-    async def _invoke_once(self, fv: FunctionVersion, raw: bytes,
-                           request_id: str) -> InvocationResult:
+    async def _invoke_once(self, fv: FunctionVersion, raw: bytes, request_id: str,
+                           route_key: str | None = None,
+                           route_wait: bool = True) -> InvocationResult:
         fv.in_flight += 1  # counts as busy for the reaper until the finally below
         self._running += 1
         start = "warm"
         try:
-            got = self.table.acquire(fv.slot)
+            affinity = ""
+            routed: InstanceHandle | None = None
+            if route_key is not None:
+                routed, affinity = await self._affinity(fv, route_key, route_wait)
+            got = (routed.table_id, _native.KIND_WARM) if routed is not None else (
+                self.table.acquire(fv.slot))
             if got is not None:
                 inst = fv.instances[got[0]]
                 if got[1] == _native.KIND_SPARE:
@@ -569,7 +589,15 @@ class Runtime:
             if start != "warm":  # a new instance was needed: replace it now, size for more
                 fv.sizer.note_new_instance(self._now())
                 self._want_spares(fv)
-            return await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
+            if route_key is None:
+                return await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
+            # A new key (or one whose instance died) is this instance's from now, and a
+            # call with it meanwhile waits for it; a call that left a busy instance
+            # does not take the key from it (that instance holds the key's state).
+            if route_key not in fv.routes:
+                self._remember_route(fv, route_key, inst)
+            result = await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
+            return msgspec.structs.replace(result, affinity=affinity)
         finally:
             fv.in_flight -= 1
             self._running -= 1
@@ -578,6 +606,60 @@ class Runtime:
                 self._want_spares(fv)
             if fv.retired:
                 self._maybe_finish_draining(fv)
+
+    async def _affinity(self, fv: FunctionVersion, key: str,
+                        wait: bool) -> tuple[InstanceHandle | None, str]:
+        """The key's instance, taken (BUSY), or None and why: miss or fallback."""
+        inst = fv.routes.get(key)
+        if inst is None:
+            return None, "miss"
+        if inst.dead or fv.instances.get(inst.table_id) is not inst:
+            del fv.routes[key]  # it died: whoever serves the call takes the key
+            return None, "fallback"
+        state = self.table.state(inst.table_id)
+        if state == _native.STATE_IDLE:
+            self.table.set_state(inst.table_id, _native.STATE_BUSY)
+            self.counters["affinity_hits"] += 1
+            return inst, "hit"
+        if state != _native.STATE_BUSY or not wait:
+            self.counters["affinity_fallbacks"] += 1
+            return None, "fallback"
+        waiter = _Waiter()
+        inst.waiters.append(waiter)
+        try:
+            with trio.move_on_after(self.affinity_wait_s):
+                await waiter.event.wait()
+        except BaseException:  # cancelled: give back an instance handed over meanwhile
+            if waiter.inst is not None:
+                self._hand_back(waiter.inst)
+            elif waiter in inst.waiters:
+                inst.waiters.remove(waiter)
+            raise
+        if waiter.inst is not None:
+            self.counters["affinity_hits"] += 1
+            return waiter.inst, "hit"
+        if waiter in inst.waiters:
+            inst.waiters.remove(waiter)
+        self.counters["affinity_fallbacks"] += 1
+        return None, "fallback"
+
+    def _hand_back(self, inst: InstanceHandle) -> None:
+        """An instance done with its call: to the next call waiting for it by key, or idle."""
+        while inst.waiters:
+            waiter = inst.waiters.pop(0)
+            if not waiter.event.is_set():
+                waiter.inst = inst  # stays BUSY: the waiter runs on it next
+                waiter.event.set()
+                return
+        self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM, self._now())
+
+    def _remember_route(self, fv: FunctionVersion, key: str, inst: InstanceHandle) -> None:
+        routes = fv.routes
+        if routes.get(key) is not inst:
+            routes.pop(key, None)
+            routes[key] = inst
+            if len(routes) > MAX_ROUTE_KEYS:  # bounded: the oldest key is forgotten
+                del routes[next(iter(routes))]
 
     def _invocation(self, fv: FunctionVersion, raw: bytes, request_id: str) -> Invocation:
         """The encoded Invoke message and its deadline (monotonic and trio clocks)."""
@@ -874,6 +956,8 @@ class Runtime:
             peak, cpu_ns = result.max_rss_kb * 1024, result.cpu_ns
         if fv.retired or inst.dead:
             self._retire(inst)
+        elif inst.waiters:
+            self._hand_back(inst)
         else:
             self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM,
                                  self._now())
@@ -978,6 +1062,9 @@ class Runtime:
         if inst.table_id < 0:
             return
         inst.dead = True
+        for waiter in inst.waiters:  # calls waiting for it by key: serve them elsewhere
+            waiter.event.set()
+        inst.waiters.clear()
         state = self.table.state(inst.table_id)
         if state != _native.STATE_DEAD:
             self.table.set_state(inst.table_id, _native.STATE_DEAD)
@@ -1255,6 +1342,7 @@ class Runtime:
             "in_flight": fv.in_flight,
             "spare_target": self._spare_target(fv),
             "spawning_spares": fv.spawning_spares,
+            "route_keys": len(fv.routes),
             "throttled": fv.throttled,
             "retired": fv.retired,
         }
@@ -1289,6 +1377,16 @@ class Runtime:
         for fv in [*self._functions.values(), *self._draining]:
             out += [i.proc.pid for i in fv.instances.values() if i.proc is not None]
         return out
+
+
+class _Waiter:
+    """A call waiting for its key's busy instance."""
+
+    __slots__ = ("event", "inst")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.inst: InstanceHandle | None = None
 
 
 class LogEntry(NamedTuple):

@@ -124,6 +124,8 @@ class InstanceHandle:
     timed_out: bool = False  # killed by the deadline watcher
     spawned: trio.Event = field(default_factory=trio.Event)  # its pid and pidfd arrived
     spawn_error: str = ""  # the zygote could not fork it
+    # Calls waiting for this instance by affinity (route key), handed it in turn.
+    waiters: list[Any] = field(default_factory=list)
 
     def kill(self) -> None:
         if self.proc is not None:
