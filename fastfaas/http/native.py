@@ -184,6 +184,7 @@ class NativeApi:
             (b"x-fastfaas-duration-us", b"%d" % result.duration_us),
             (b"x-fastfaas-server-us", b"%d" % (server_ns // 1000)),
             (b"x-fastfaas-instance", result.instance_id.encode()),
+            (b"x-fastfaas-route", result.route.encode()),
         ]
         if error is not None:
             headers.append((b"x-fastfaas-function-error", error.kind.encode()))

@@ -301,3 +301,57 @@ class PoolSizer:
                 self.current -= 1
                 self._last_step = now
         return self.current
+
+
+class FrequencyClass:
+    """Is a function `frequent` or `infrequent`? From its recent rate and in-flight
+    count, with hysteresis (sans-IO).
+
+    It becomes frequent when its rate over `window_s` reaches `promote_per_s`,
+    or at once when `burst_in_flight` of its calls are in flight; it becomes
+    infrequent again only below `demote_per_s` with fewer calls in flight
+    than that, and not before a whole window has passed since it last changed
+    (or was created: the runtime creates a just-deployed function frequent, as
+    a call is likely soon).
+    """
+
+    def __init__(self, window_s: float = 10.0, promote_per_s: float = 1.0,
+                 demote_per_s: float = 0.2, burst_in_flight: int = 2, *,
+                 frequent: bool = False, since: float = -math.inf) -> None:
+        if not demote_per_s < promote_per_s:
+            raise ValueError("demote_per_s must be below promote_per_s")
+        self.window_s = window_s
+        self.promote_per_s = promote_per_s
+        self.demote_per_s = demote_per_s
+        self.burst_in_flight = burst_in_flight
+        self.frequent = frequent
+        self._since = since
+        self._calls: collections.deque[float] = collections.deque(
+            maxlen=max(8, math.ceil(4 * promote_per_s * window_s)))
+
+    def rate(self, now: float) -> float:
+        cutoff = now - self.window_s
+        while self._calls and self._calls[0] <= cutoff:
+            self._calls.popleft()
+        return len(self._calls) / self.window_s
+
+    def note_call(self, now: float, in_flight: int) -> bool:
+        """A call arrives with `in_flight` calls of the function running (itself
+        included); returns whether the function is frequent now."""
+        self._calls.append(now)
+        return self.update(now, in_flight)
+
+    def update(self, now: float, in_flight: int) -> bool:
+        rate = self.rate(now)
+        calls = len(self._calls)
+        if not self.frequent:
+            # At least two calls: one call in a short window is no rate.
+            if (calls >= max(2, self.promote_per_s * self.window_s)
+                    or in_flight >= self.burst_in_flight):
+                self.frequent = True
+                self._since = now
+        elif (rate < self.demote_per_s and in_flight < self.burst_in_flight
+              and now - self._since >= self.window_s):
+            self.frequent = False
+            self._since = now
+        return self.frequent

@@ -42,6 +42,9 @@ class InvocationResult(msgspec.Struct, frozen=True):
     # With a route key: "hit" (the key's instance served it), "fallback" (it
     # was busy past the wait, or gone: another served it), "miss" (a new key).
     affinity: str = ""
+    # "queued": a new instance of an infrequent function, started through the
+    # shared queue of starts; "direct" otherwise.
+    route: str = "direct"
 
     @property
     def ok(self) -> bool:

@@ -58,6 +58,7 @@ EXIT_STATUS_WAIT_S = 2.0
 WARMUP_TIMEOUT_S = 10.0
 MIN_TIMEOUT_S = 1.0  # the smallest timeout_s
 MAX_ROUTE_KEYS = 100_000  # affinity keys remembered per function version
+INFREQUENT_IDLE_S = 10.0  # idle instances of infrequent functions are reaped sooner
 _json_encode = msgspec.json.encode
 
 
@@ -65,7 +66,8 @@ class FunctionVersion:
     """One deployment of one function version: its zygote and its instances."""
 
     def __init__(self, name: str, version: str, config: FunctionConfig, code_dir: Path,
-                 code_sha256: str, slot: int, generation: int) -> None:
+                 code_sha256: str, slot: int, generation: int,
+                 frequency_window_s: float = 10.0) -> None:
         self.name = name
         self.version = version
         self.config = config
@@ -83,6 +85,9 @@ class FunctionVersion:
         self.spare_task = False
         self.throttled = 0
         self.sizer = policy.SpareSizer()
+        # A just-deployed function is frequent (a call is likely soon) until a quiet window.
+        self.freq = policy.FrequencyClass(frequency_window_s, frequent=True,
+                                          since=trio.current_time())
         self.routes: dict[str, InstanceHandle] = {}  # affinity: key -> the instance that served it
         self.retired = False
         self.slot_released = False
@@ -117,6 +122,11 @@ class Runtime:
             `reserved_concurrency` holds part of it for one function.
         affinity_wait_s: how long a call with a route key waits for its busy
             instance before another instance serves it.
+        infrequent_starts: new instances of infrequent functions started at
+            once, all such functions together (the others queue for a turn).
+        frequency_window_s: the window of a function's call rate: at 1/s or
+            more (or 2 calls in flight) it is frequent; below 0.2/s for a
+            window, infrequent.
     """
 
     def __init__(
@@ -135,6 +145,8 @@ class Runtime:
         concurrency_limit: int = 1000,
         warm_pool_max: int | None = None,
         affinity_wait_s: float = 1.0,
+        infrequent_starts: int = 4,
+        frequency_window_s: float = 10.0,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
@@ -149,6 +161,8 @@ class Runtime:
         self._running = 0  # invocations in flight, all functions
         self.limits = policy.ConcurrencyLimits(concurrency_limit)
         self.affinity_wait_s = affinity_wait_s
+        self._start_queue = trio.Semaphore(infrequent_starts)
+        self.frequency_window_s = frequency_window_s
         self._now: Callable[[], float] = time.monotonic  # trio's clock once entered
         self.python = python
         self.requirements = code_bundles.Requirements(
@@ -336,8 +350,10 @@ class Runtime:
         self._check_reservation(name, cfg)
         self.limits.set_reservation(name, cfg.reserved_concurrency)
         fv = FunctionVersion(name, LATEST, cfg, code_dir, sha, self.table.new_slot(),
-                             next(self._generations))
+                             next(self._generations), self.frequency_window_s)
         old = self._functions.get(name)
+        if old is not None:
+            fv.freq = old.freq  # the function's traffic, not the version's
         self._functions[name] = fv
         self._start_prewarm(fv)
         self._reap_lot.unpark_all()
@@ -356,7 +372,9 @@ class Runtime:
         self.limits.set_reservation(name, cfg.reserved_concurrency)
         if any(getattr(cfg, f) != getattr(fv.config, f) for f in ZYGOTE_FIELDS):
             new = FunctionVersion(name, LATEST, cfg, fv.code_dir, fv.code_sha256,
-                                  self.table.new_slot(), next(self._generations))
+                                  self.table.new_slot(), next(self._generations),
+                                  self.frequency_window_s)
+            new.freq = fv.freq
             self._functions[name] = new
             self._retire_version(fv)
             self._start_prewarm(new)
@@ -563,6 +581,8 @@ class Runtime:
         fv.in_flight += 1  # counts as busy for the reaper until the finally below
         self._running += 1
         start = "warm"
+        frequent = fv.freq.note_call(self._now(), fv.in_flight)
+        route = "direct"
         try:
             affinity = ""
             routed: InstanceHandle | None = None
@@ -578,7 +598,13 @@ class Runtime:
                 cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup is not None else 0
                 sent = False
             else:
-                started = await self._start_instance(fv, raw, request_id)
+                if frequent:
+                    started = await self._start_instance(fv, raw, request_id)
+                else:  # the long tail starts a few at a time, not all at once
+                    route = "queued"
+                    self.counters["queued_starts"] += 1
+                    async with self._start_queue:
+                        started = await self._start_instance(fv, raw, request_id)
                 if isinstance(started, InvocationResult):
                     return started
                 start, inst, invocation = started
@@ -589,15 +615,19 @@ class Runtime:
             if start != "warm":  # a new instance was needed: replace it now, size for more
                 fv.sizer.note_new_instance(self._now())
                 self._want_spares(fv)
-            if route_key is None:
+            if route_key is None and route == "direct":
                 return await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
+            if route_key is None:
+                result = await self._run(fv, inst, start, request_id, invocation, cpu_base,
+                                         sent)
+                return msgspec.structs.replace(result, route=route)
             # A new key (or one whose instance died) is this instance's from now, and a
             # call with it meanwhile waits for it; a call that left a busy instance
             # does not take the key from it (that instance holds the key's state).
             if route_key not in fv.routes:
                 self._remember_route(fv, route_key, inst)
             result = await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
-            return msgspec.structs.replace(result, affinity=affinity)
+            return msgspec.structs.replace(result, affinity=affinity, route=route)
         finally:
             fv.in_flight -= 1
             self._running -= 1
@@ -1129,6 +1159,8 @@ class Runtime:
     # --- spares, pools, reaping ----------------------------------------------------
 
     def _spare_target(self, fv: FunctionVersion) -> int:
+        if not fv.freq.frequent:
+            return fv.config.prewarm  # the long tail keeps no spares
         base = policy.spare_target(prewarm=fv.config.prewarm, spares=self.spares)
         # spares=0 turns the adaptive part off too (tests use it for "no spare").
         return fv.sizer.target(self._now(), base) if self.spares else base
@@ -1303,15 +1335,22 @@ class Runtime:
             versions = [*self._functions.values(), *self._draining]
             tick = policy.reap_tick(
                 t for fv in versions
-                for t in (fv.config.idle_timeout_s, fv.config.zygote_idle_timeout_s))
+                for t in (min(fv.config.idle_timeout_s, INFREQUENT_IDLE_S),
+                          fv.config.zygote_idle_timeout_s))
             with trio.move_on_after(tick):
                 await self._reap_lot.park()  # a deploy with shorter timeouts wakes it early
             now = trio.current_time()
             for fv in [*self._functions.values(), *self._draining]:
                 if fv.slot_released:
                     continue
-                for tid in policy.expired_instances(self.table, fv.slot, now,
-                                                    fv.config.idle_timeout_s):
+                idle_timeout = fv.config.idle_timeout_s
+                if not fv.freq.update(now, fv.in_flight):
+                    idle_timeout = min(idle_timeout, INFREQUENT_IDLE_S)
+                    if not fv.config.prewarm:  # demoted: its spares go
+                        while (tid := self.table.pop_expired(fv.slot, _native.KIND_SPARE,
+                                                             math.inf)) is not None:
+                            self._retire(fv.instances[tid])
+                for tid in policy.expired_instances(self.table, fv.slot, now, idle_timeout):
                     self.counters["instances_reaped"] += 1
                     self._retire(fv.instances[tid])
                 if fv.zygote is not None and fv.claiming is None and policy.zygote_expired(
@@ -1343,6 +1382,8 @@ class Runtime:
             "spare_target": self._spare_target(fv),
             "spawning_spares": fv.spawning_spares,
             "route_keys": len(fv.routes),
+            "class": "frequent" if fv.freq.update(self._now(), fv.in_flight) else "infrequent",
+            "rate_per_s": round(fv.freq.rate(self._now()), 3),
             "throttled": fv.throttled,
             "retired": fv.retired,
         }

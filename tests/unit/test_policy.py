@@ -233,3 +233,36 @@ def test_pool_sizer_rejects_nonsense() -> None:
         policy.PoolSizer(3, 2)
     with pytest.raises(ValueError):
         policy.PoolSizer(1, 2, grow_at=1.0, shrink_at=1.0)
+
+
+def test_frequency_class_promotes_on_rate_or_burst_with_hysteresis() -> None:
+    fc = policy.FrequencyClass(window_s=10.0, promote_per_s=1.0, demote_per_s=0.2,
+                               burst_in_flight=2)
+    assert not fc.frequent
+    for t in range(9):  # 9 calls in 10 s: below 1/s
+        assert not fc.note_call(float(t), in_flight=1)
+    assert fc.note_call(9.0, in_flight=1)  # the 10th: 1/s, promoted
+    # Between the thresholds it stays frequent (hysteresis): 0.5/s, then 0.2/s...
+    assert fc.update(14.5, in_flight=0)
+    assert fc.update(17.5, in_flight=0)
+    # ...and with calls in flight even below the lower one (0.1/s here)...
+    assert fc.update(18.5, in_flight=2)
+    # ...and within a window of the promotion (at 9)...
+    assert fc.update(18.5, in_flight=1)
+    # ...but not otherwise.
+    assert not fc.update(19.5, in_flight=1)
+    # A burst promotes at once, whatever the rate.
+    assert fc.note_call(100.0, in_flight=2)
+
+
+def test_a_new_function_starts_frequent_and_is_demoted_after_a_quiet_window() -> None:
+    fc = policy.FrequencyClass(window_s=10.0, frequent=True, since=100.0)
+    assert fc.update(105.0, in_flight=0)  # quiet, but not for a whole window yet
+    assert not fc.update(110.0, in_flight=0)
+
+
+def test_frequency_class_memory_is_bounded() -> None:
+    fc = policy.FrequencyClass(window_s=10.0, promote_per_s=1.0)
+    for i in range(100_000):
+        fc.note_call(i * 1e-5, in_flight=1)
+    assert len(fc._calls) <= 40
