@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--concurrency-limit", type=int, default=1000,
                    help="executions at once, all functions (default 1000); a function's"
                         " reserved_concurrency holds part of it")
+    s.add_argument("--memory-budget-mb", type=int, default=None,
+                   help="the most memory zygotes and instances may use, measured"
+                        " (default: 80%% of the machine's)")
     s.add_argument("--affinity-wait-s", type=float, default=1.0,
                    help="how long a call with X-Fastfaas-Route-Key waits for its busy"
                         " instance before another serves it (default 1)")
@@ -173,7 +176,7 @@ def _serve(args: argparse.Namespace) -> None:
         graceful_timeout_s=args.graceful_timeout_s, cgroups=args.cgroups,
         warm_pool_size=args.warm_pool_size, async_concurrency=args.async_concurrency,
         concurrency_limit=args.concurrency_limit, warm_pool_max=args.warm_pool_max,
-        affinity_wait_s=args.affinity_wait_s,
+        affinity_wait_s=args.affinity_wait_s, memory_budget_mb=args.memory_budget_mb,
         allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,

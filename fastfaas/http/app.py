@@ -39,6 +39,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     concurrency_limit: int = 1000
     warm_pool_max: int = 8
     affinity_wait_s: float = 1.0
+    memory_budget_mb: int | None = None
     allow_source_builds: bool = False
     pip_args: Sequence[str] = ()
     limits: Limits = Limits()
@@ -114,7 +115,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            pip_args=opts.pip_args,
                            concurrency_limit=opts.concurrency_limit,
                            warm_pool_max=max(opts.warm_pool_max, opts.warm_pool_size),
-                           affinity_wait_s=opts.affinity_wait_s) as rt, \
+                           affinity_wait_s=opts.affinity_wait_s,
+                           memory_budget_mb=opts.memory_budget_mb) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:

@@ -79,6 +79,29 @@ class Metrics:
         out.append(f'fastfaas_zygotes{{state="function"}} {functions}')
         out.append(f'fastfaas_zygotes{{state="generic"}} {stats["warming_pool"]["ready"]}')
         out.append(f'fastfaas_zygotes{{state="draining"}} {draining}')
+        family("fastfaas_function_frequent", "gauge",
+               "1 if the function is routed as frequent, 0 if infrequent.")
+        for fn, state in sorted(stats["functions"].items()):
+            out.append(f'fastfaas_function_frequent{{function="{_esc(fn)}"}} '
+                       f'{int(state.get("class") == "frequent")}')
+        family("fastfaas_spare_target", "gauge", "Spares each function keeps, now.")
+        for fn, state in sorted(stats["functions"].items()):
+            out.append(f'fastfaas_spare_target{{function="{_esc(fn)}"}} '
+                       f'{state.get("spare_target", 0)}')
+        family("fastfaas_warming_pool_target", "gauge", "The warming pool's target size.")
+        out.append(f'fastfaas_warming_pool_target {stats["warming_pool"]["target"]}')
+        memory = stats.get("memory", {})
+        family("fastfaas_memory_bytes", "gauge",
+               "Memory of zygotes and instances, measured, and the budget.")
+        out.append(f'fastfaas_memory_bytes{{kind="used"}} {memory.get("used_bytes", 0)}')
+        out.append(f'fastfaas_memory_bytes{{kind="budget"}} {memory.get("budget_bytes", 0)}')
+        family("fastfaas_capacity_events_total", "counter",
+               "Capacity decisions: evictions, refusals, throttles, queued starts, affinity.")
+        for key in ("evicted_instances", "evicted_spares", "memory_refusals", "throttled",
+                    "queued_starts", "affinity_hits", "affinity_fallbacks",
+                    "generic_zygotes_stopped", "spares_skipped_for_memory"):
+            out.append(f'fastfaas_capacity_events_total{{event="{key}"}} '
+                       f'{stats.get("counters", {}).get(key, 0)}')
         family("fastfaas_async_queued", "gauge", "Asynchronous invocations waiting to run.")
         out.append(f"fastfaas_async_queued {queued}")
         family("fastfaas_http_errors_total", "counter", "Platform error responses by status.")

@@ -347,6 +347,8 @@ class NativeApi:
             "warming_pool_target": stats["warming_pool"]["target"],
             "instances": instances,
             "draining": len(stats["draining"]),
+            "memory": stats["memory"],
+            "concurrency": stats["concurrency"],
             "queued": self.store.queued_count(),
             "uptime_s": round(time.time() - self.started, 3),
             **self.health,

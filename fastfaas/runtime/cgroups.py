@@ -398,6 +398,18 @@ class Cgroups:
         pids = _native.read_i64(cg.pids_fd) if cg.pids_fd >= 0 else 1
         return peak, cpu, pids
 
+    def memory_usage(self, cg: CgroupSet) -> int:
+        """The memory cgroup's usage now (bytes), 0 if it has none or is gone."""
+        d = cg.dir_for("memory")
+        if d is None:
+            return 0
+        version = 2 if (d / "memory.current").exists() else 1
+        path = d / ("memory.current" if version == 2 else "memory.usage_in_bytes")
+        try:
+            return int(path.read_bytes())
+        except (OSError, ValueError):
+            return 0
+
     def oom_kills(self, cg: CgroupSet) -> int:
         if cg.oom_fd < 0:
             return 0

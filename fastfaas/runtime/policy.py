@@ -11,7 +11,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastfaas import _native
 
@@ -355,3 +355,32 @@ class FrequencyClass:
             self.frequent = False
             self._since = now
         return self.frequent
+
+
+class Candidate(NamedTuple):
+    """An instance that could be evicted to make room."""
+
+    key: Any  # what the runtime retires
+    function: str
+    spare: bool
+    idle_since: float
+    memory: int  # bytes last measured
+
+
+def eviction_order(candidates: Iterable[Candidate], *, need: int,
+                   protect: str) -> list[Candidate]:
+    """What to evict to free `need` bytes: idle warm instances of other
+    functions, least recently used first, then spares (any function but
+    `protect`'s). Returns [] if even all of them would not free enough (the
+    caller refuses the start instead of evicting in vain)."""
+    pool = [c for c in candidates if c.function != protect]
+    order = sorted((c for c in pool if not c.spare), key=lambda c: c.idle_since)
+    order += sorted((c for c in pool if c.spare), key=lambda c: c.idle_since)
+    chosen: list[Candidate] = []
+    freed = 0
+    for c in order:
+        if freed >= need:
+            break
+        chosen.append(c)
+        freed += c.memory
+    return chosen if freed >= need else []

@@ -59,6 +59,10 @@ WARMUP_TIMEOUT_S = 10.0
 MIN_TIMEOUT_S = 1.0  # the smallest timeout_s
 MAX_ROUTE_KEYS = 100_000  # affinity keys remembered per function version
 INFREQUENT_IDLE_S = 10.0  # idle instances of infrequent functions are reaped sooner
+MEMORY_MEASURE_S = 0.5
+INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
+ZYGOTE_ESTIMATE = 32 * 1024 * 1024
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _json_encode = msgspec.json.encode
 
 
@@ -88,6 +92,7 @@ class FunctionVersion:
         # A just-deployed function is frequent (a call is likely soon) until a quiet window.
         self.freq = policy.FrequencyClass(frequency_window_s, frequent=True,
                                           since=trio.current_time())
+        self.instance_memory = INSTANCE_ESTIMATE  # the largest instance last measured
         self.routes: dict[str, InstanceHandle] = {}  # affinity: key -> the instance that served it
         self.retired = False
         self.slot_released = False
@@ -124,6 +129,9 @@ class Runtime:
             instance before another instance serves it.
         infrequent_starts: new instances of infrequent functions started at
             once, all such functions together (the others queue for a turn).
+        memory_budget_mb: the most memory zygotes and instances may use,
+            measured (default: 80% of the machine's); configured limits may
+            overcommit it.
         frequency_window_s: the window of a function's call rate: at 1/s or
             more (or 2 calls in flight) it is frequent; below 0.2/s for a
             window, infrequent.
@@ -147,6 +155,7 @@ class Runtime:
         affinity_wait_s: float = 1.0,
         infrequent_starts: int = 4,
         frequency_window_s: float = 10.0,
+        memory_budget_mb: int | None = None,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
@@ -163,6 +172,10 @@ class Runtime:
         self.affinity_wait_s = affinity_wait_s
         self._start_queue = trio.Semaphore(infrequent_starts)
         self.frequency_window_s = frequency_window_s
+        self.memory_budget = (memory_budget_mb * 1024 * 1024 if memory_budget_mb is not None
+                              else int(_machine_memory() * 0.8))
+        self._memory_used = 0
+        self._measured = trio.Event()
         self._now: Callable[[], float] = time.monotonic  # trio's clock once entered
         self.python = python
         self.requirements = code_bundles.Requirements(
@@ -221,6 +234,7 @@ class Runtime:
             self._nursery.start_soon(self._fill_cgroup_pool)
             self._nursery.start_soon(self._reap_idle)
             self._nursery.start_soon(self._watch_deadlines)
+            self._nursery.start_soon(self._measure_memory)
         except BaseException as exc:
             await self._shutdown()
             await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
@@ -598,6 +612,7 @@ class Runtime:
                 cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup is not None else 0
                 sent = False
             else:
+                self._admit_start(fv, claim=fv.zygote is None or fv.zygote.dead)
                 if frequent:
                     started = await self._start_instance(fv, raw, request_id)
                 else:  # the long tail starts a few at a time, not all at once
@@ -681,7 +696,87 @@ class Runtime:
                 waiter.inst = inst  # stays BUSY: the waiter runs on it next
                 waiter.event.set()
                 return
-        self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM, self._now())
+        self._set_idle(inst, spare=False)
+
+    def _set_idle(self, inst: InstanceHandle, *, spare: bool) -> None:
+        now = self._now()
+        inst.idle_since = now
+        inst.spare = spare
+        self.table.set_state(inst.table_id, _native.STATE_IDLE,
+                             _native.KIND_SPARE if spare else _native.KIND_WARM, now)
+
+    # --- memory budget -------------------------------------------------------------
+
+    def _admit_start(self, fv: FunctionVersion, *, claim: bool) -> None:
+        """Make room for a new instance (and a zygote, for a claim) within the memory
+        budget: evict idle instances of other functions, least recently used
+        first, then spares; or refuse.
+
+        Raises:
+            TooManyRequestsError: even evicting every idle instance would not do.
+        """
+        need = fv.instance_memory + (ZYGOTE_ESTIMATE if claim else 0)
+        over = self._memory_used + need - self.memory_budget
+        if over <= 0:
+            return
+        candidates = [
+            policy.Candidate(inst, other.name, inst.spare, inst.idle_since,
+                             inst.memory or other.instance_memory)
+            for other in self._functions.values() if other.name != fv.name
+            for inst in other.instances.values()
+            if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE]
+        chosen = policy.eviction_order(candidates, need=over, protect=fv.name)
+        if not chosen:
+            self.counters["memory_refusals"] += 1
+            mb = 1024 * 1024
+            raise TooManyRequestsError(
+                f"the memory budget is full: {self._memory_used // mb} MB of"
+                f" {self.memory_budget // mb} MB in use by zygotes and instances that are"
+                f" busy or cannot be evicted, and {fv.name} needs ~{need // mb} MB more;"
+                " retry later, or raise the budget (--memory-budget-mb)")
+        for c in chosen:
+            inst = c.key
+            self.table.set_state(inst.table_id, _native.STATE_DRAINING)
+            self._retire(inst)
+            self._memory_used -= c.memory
+            self.counters["evicted_spares" if c.spare else "evicted_instances"] += 1
+
+    async def _measure_memory(self) -> None:
+        """Every half second: the memory of every zygote and instance (their memory
+        cgroups; RSS without cgroups), and each function's instance size."""
+        while True:
+            total = 0
+            for z in list(self._all_zygotes):
+                total += self._memory_of(z.cgroup, z.proc)
+            for fv in [*self._functions.values(), *self._draining]:
+                sizes = []
+                for inst in list(fv.instances.values()):
+                    inst.memory = self._memory_of(inst.cgroup, inst.proc)
+                    total += inst.memory
+                    if inst.memory:
+                        sizes.append(inst.memory)
+                if sizes:
+                    fv.instance_memory = max(sizes)
+            self._memory_used = total
+            self._measured.set()
+            self._measured = trio.Event()
+            await trio.sleep(MEMORY_MEASURE_S)
+
+    async def wait_memory_measured(self) -> int:
+        """Until the next measurement of the memory in use has completed; returns it."""
+        await self._measured.wait()
+        return self._memory_used
+
+    def _memory_of(self, cg: CgroupSet | None, proc: Process | None) -> int:
+        if cg is not None and self.cgroups.enabled:
+            return self.cgroups.memory_usage(cg)
+        if proc is None or proc.pid is None:
+            return 0
+        try:
+            with open(f"/proc/{proc.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return 0
 
     def _remember_route(self, fv: FunctionVersion, key: str, inst: InstanceHandle) -> None:
         routes = fv.routes
@@ -989,8 +1084,7 @@ class Runtime:
         elif inst.waiters:
             self._hand_back(inst)
         else:
-            self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM,
-                                 self._now())
+            self._set_idle(inst, spare=False)
         error = None
         if not result.ok:
             kind = errors.RESULT_TOO_LARGE if result.too_large else errors.UNHANDLED
@@ -1182,6 +1276,9 @@ class Runtime:
                 )
                 if need <= 0:
                     return
+                if self._memory_used + fv.instance_memory > self.memory_budget:
+                    self.counters["spares_skipped_for_memory"] += 1
+                    return  # spares never evict anything
                 fv.spawning_spares += 1
                 try:
                     inst = await self._spawn(fv, fv.zygote)
@@ -1199,8 +1296,7 @@ class Runtime:
                 if _retired(fv):  # deployed anew while this spare was forked
                     self._retire(inst)
                     return
-                self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_SPARE,
-                                     trio.current_time())
+                self._set_idle(inst, spare=True)
         except ZygoteError:
             return
         finally:
@@ -1406,6 +1502,7 @@ class Runtime:
                              "recent_claims": self._pool_sizer.recent_claims(self._now())},
             "zygotes": len(self._all_zygotes),
             "concurrency": self.limits.statistics(),
+            "memory": {"used_bytes": self._memory_used, "budget_bytes": self.memory_budget},
             "functions": {name: self._fv_state(fv) for name, fv in self._functions.items()},
             "draining": [self._fv_state(fv) | {"name": fv.name} for fv in self._draining],
             "counters": dict(self.counters),
@@ -1520,6 +1617,18 @@ def _error_result(error: FunctionError, start: str, request_id: str, log: bytes 
                   instance_id: str = "", duration_us: int = 0) -> InvocationResult:
     return InvocationResult(_error_payload(error), error, start, instance_id, request_id,
                             duration_us, Usage(0, 0), log)
+
+
+def _machine_memory() -> int:
+    """MemTotal from /proc/meminfo (bytes)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _raise_nofile_limit() -> None:

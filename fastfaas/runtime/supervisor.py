@@ -126,6 +126,9 @@ class InstanceHandle:
     spawn_error: str = ""  # the zygote could not fork it
     # Calls waiting for this instance by affinity (route key), handed it in turn.
     waiters: list[Any] = field(default_factory=list)
+    idle_since: float = 0.0  # when it last went idle (for eviction, least recently used)
+    spare: bool = False  # idle as a spare (never served), not warm
+    memory: int = 0  # bytes, as last measured
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -144,8 +144,14 @@ def test_empty_render_is_valid_and_has_every_family() -> None:
         "fastfaas_zygotes": "gauge",
         "fastfaas_async_queued": "gauge",
         "fastfaas_http_errors_total": "counter",
+        "fastfaas_function_frequent": "gauge",
+        "fastfaas_spare_target": "gauge",
+        "fastfaas_warming_pool_target": "gauge",
+        "fastfaas_memory_bytes": "gauge",
+        "fastfaas_capacity_events_total": "counter",
     }
     assert value(families, "fastfaas_async_queued") == 0
+    assert value(families, "fastfaas_capacity_events_total", event="evicted_instances") == 0
     for state in ("function", "generic", "draining"):
         assert value(families, "fastfaas_zygotes", state=state) == 0
 

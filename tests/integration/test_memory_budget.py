@@ -1,0 +1,61 @@
+"""The memory budget with real processes and their measured memory: idle instances
+of other functions are evicted (least recently used first), then a start is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+import fastfaas
+from fastfaas.errors import TooManyRequestsError
+from tests.integration.test_runtime import GATED, open_gate
+
+TRIVIAL = "import os\ndef handler(e, c):\n    return os.getpid()\n"
+
+
+async def measure_settled(rt: fastfaas.Runtime) -> int:
+    """The measured total once two measurements in a row agree within 1 MB (the
+    processes just started are counted)."""
+    with trio.fail_after(20):
+        last = await rt.wait_memory_measured()
+        while True:
+            used = await rt.wait_memory_measured()
+            if used > 0 and abs(used - last) < 1 << 20:
+                return used
+            last = used
+
+
+async def test_idle_instances_of_others_are_evicted_lru_first_then_starts_refused(
+    tmp_path: Path, make_function, cgroups_mode: str
+) -> None:
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                spares=0) as rt:
+        await rt.deploy("old", source=make_function(app=GATED), handler="app.handler")
+        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(rt.invoke, "old", {"gate": gate.path})
+            await gate.wait_arrivals(3)
+            await gate.release()
+        old = rt._functions["old"]
+        assert rt.statistics()["functions"]["old"]["instances"]["warm"] == 3
+        lru = min(old.instances.values(), key=lambda i: i.idle_since)
+        await rt.deploy("new", source=make_function(app=TRIVIAL), handler="app.handler")
+        assert await rt.warm("new") is None  # its zygote, before the budget is set
+        used = await measure_settled(rt)
+        # Full but for a byte: the new instance needs one eviction to fit.
+        rt.memory_budget = used + rt._functions["new"].instance_memory - 1
+        first = await rt.invoke("new")
+        assert first.ok and first.start in ("forked", "prewarmed")
+        counters = rt.statistics()["counters"]
+        assert counters["evicted_instances"] >= 1
+        assert lru.dead  # the least recently used went first
+        # With no room to make, a start is refused with the reason.
+        await rt.deploy("third", source=make_function(app=TRIVIAL), handler="app.handler")
+        rt.memory_budget = 1
+        with pytest.raises(TooManyRequestsError, match="memory budget is full"):
+            await rt.invoke("third")
+        assert rt.statistics()["counters"]["memory_refusals"] == 1
+        warm = await rt.invoke("new")  # a warm start needs no room
+        assert warm.ok and warm.start == "warm"
