@@ -132,6 +132,7 @@ def limit_writes(version: int, controllers: frozenset[str], memory_bytes: int | 
 
 
 JOIN_FILE: Final = {1: "tasks", 2: "cgroup.procs"}
+CHILD_KERNEL_BYTES: Final = 1024 * 1024  # per live child of a zygote; ~0.4 MB measured
 PEAK_FILE: Final = {1: "memory.max_usage_in_bytes", 2: "memory.peak"}
 PEAK_RESET: Final = {1: b"0", 2: b"reset"}
 CPU_FILE: Final = {1: "cpuacct.usage", 2: "cpu.stat"}
@@ -322,20 +323,34 @@ class Cgroups:
             raise
         return cg
 
-    def new_zygote(self, memory_mb: int) -> CgroupSet:
-        """A zygote's cgroup: memory with headroom, a pids limit, no CPU quota."""
+    def new_zygote(self, memory_mb: int, children: int = 0) -> CgroupSet:
+        """A zygote's cgroup: memory with headroom, a pids limit, no CPU quota.
+
+        `children`: see room_for_children; 0 while the user's import runs, so
+        that the import is held to the function's memory.
+        """
         cg = self._make("z", ("memory", "pids", "freezer"))
         try:
             for h, d in cg.dirs.items():
                 if "memory" in h.controllers:
                     cg.oom_fd = _open(d / OOM_FILE[h.version], os.O_RDONLY)
                     cg.oom_version = h.version
-            self._size(cg, _native.zygote_memory_bytes(memory_mb), None, ZYGOTE_PIDS_MAX)
+            limit = _native.zygote_memory_bytes(memory_mb) + children * CHILD_KERNEL_BYTES
+            self._size(cg, limit, None, ZYGOTE_PIDS_MAX)
         except CgroupError:
             self.destroy(cg)
             raise
         cg.memory_mb = memory_mb
         return cg
+
+    def room_for_children(self, cg: CgroupSet, memory_mb: int, children: int) -> None:
+        """After the import: make room in a zygote's memory limit for `children`
+        live instances. The kernel memory of a fork (the child's page tables and
+        kernel structures, ~0.4 MB here) is charged to the forking zygote's
+        memory cgroup and stays there when the child joins its own; without the
+        room, a zygote with a few hundred instances is OOM-killed."""
+        limit = _native.zygote_memory_bytes(memory_mb) + children * CHILD_KERNEL_BYTES
+        self._size(cg, limit, None, ZYGOTE_PIDS_MAX)
 
     def size_instance(self, cg: CgroupSet, memory_mb: int) -> None:
         if cg.memory_mb == memory_mb:

@@ -31,6 +31,7 @@ import trio
 from fastfaas import _native, errors, wire
 from fastfaas.config import ZYGOTE_FIELDS, FunctionConfig, check_name
 from fastfaas.errors import (
+    CgroupError,
     FunctionNotFoundError,
     InvalidRequestError,
     RequestTooLargeError,
@@ -60,6 +61,7 @@ MIN_TIMEOUT_S = 1.0  # the smallest timeout_s
 MAX_ROUTE_KEYS = 100_000  # affinity keys remembered per function version
 INFREQUENT_IDLE_S = 10.0  # idle instances of infrequent functions are reaped sooner
 MEMORY_MEASURE_S = 0.5
+SPARES_MAX = 16  # policy.SpareSizer's default cap
 INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
 ZYGOTE_ESTIMATE = 32 * 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -963,6 +965,13 @@ class Runtime:
         if claimed.threads > 1:
             print(f"fastfaas: {fv.name}: its import started {claimed.threads - 1} thread(s); "
                   "threads do not survive the fork into instances", file=sys.stderr)
+        if cg is not None:  # the import is done: room for its instances' kernel memory
+            children = self.limits.limit + cfg.prewarm + SPARES_MAX
+            try:
+                await trio.to_thread.run_sync(self.cgroups.room_for_children, cg,
+                                              cfg.memory_mb, children)
+            except CgroupError as exc:
+                print(f"fastfaas: {fv.name}: {exc}", file=sys.stderr)
         return None
 
     def _instance_rlimits(self, cfg: FunctionConfig) -> list[tuple[int, int, int]]:

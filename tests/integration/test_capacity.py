@@ -162,3 +162,20 @@ async def test_prewarm_instances_are_ready_from_deployment_on(
         assert state["zygote"] is not None and state["zygote"]["alive"]
         first = await client.post("/v1/functions/ready/invoke", json={})
         assert first.headers["x-fastfaas-start"] == "prewarmed"
+
+
+async def test_one_zygote_holds_hundreds_of_idle_instances(tmp_path: Path, make_function,
+                                                           cgroups_mode: str) -> None:
+    """The kernel memory of each fork is charged to the zygote's memory cgroup: with
+    no room made for it, a zygote died at ~490 instances (128 MB function)."""
+    import fastfaas
+
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode) as rt:
+        await rt.deploy("many", source=make_function(app="def handler(e, c):\n    return 1\n"),
+                        handler="app.handler", prewarm=600)
+        with trio.fail_after(120):
+            while rt.statistics()["functions"]["many"]["instances"]["spare"] < 600:
+                await trio.sleep(0.05)
+        state = rt.statistics()["functions"]["many"]
+        assert state["zygote"]["alive"]
+        assert (await rt.invoke("many")).start == "prewarmed"
