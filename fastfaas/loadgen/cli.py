@@ -22,18 +22,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from fastfaas.loadgen import report
+from fastfaas.loadgen.cold import cold_starts
 from fastfaas.loadgen.engine import Plan, Stats, Target, run
 from fastfaas.loadgen.scenarios import (
     Api,
     ServerProcess,
-    cold_starts,
     deploy_population,
     fastfaas_server,
     payload_of,
     plan_for,
+    population_names,
     stats_ratio,
     wrk,
 )
@@ -64,6 +66,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     load.add_argument("--warmup", type=float, default=2.0, help="seconds sent, not measured")
     load.add_argument("--workers", type=int, default=1, help="generator processes")
     load.add_argument("--seed", type=int, default=1)
+    load.add_argument("--request-timeout", type=float, default=60.0,
+                      help="seconds without an answer before a request is a timeout; the run"
+                           " ends at the latest this long after the measurement")
     load.add_argument("--payload-bytes", type=int, default=2, help="event size")
 
     r = bsub.add_parser("run", parents=[common, out, load],
@@ -78,7 +83,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
     c = bsub.add_parser("cold", parents=[common, out],
                         help="force each start kind and report each")
-    c.add_argument("--rounds", type=int, default=20, help="samples per start kind (about)")
+    c.add_argument("--rounds", type=int, default=20,
+                   help="samples wanted per start kind and phase (each phase tries at most"
+                        " 3 x rounds + 5 times)")
     c.add_argument("--memory-mb", type=int, default=128)
     c.set_defaults(run=_run_cold)
 
@@ -96,19 +103,46 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     v.set_defaults(run=_run_validate)
 
 
+# What the command line calls each Plan field, for Plan.check's messages.
+FLAGS = {"mode": "--mode", "functions": "--functions", "connections": "--connections",
+         "workers": "--workers", "duration_s": "--duration", "warmup_s": "--warmup",
+         "request_timeout_s": "--request-timeout", "rate": "--rate", "rate_end": "--rate-end",
+         "zipf_s": "--zipf"}
+
+
 def main(args: argparse.Namespace) -> None:
     import httpx
 
     try:
         args.run(args)
-    except httpx.TransportError as exc:
-        url = getattr(args, "url", None)
-        print(f"fastfaas bench: cannot reach the server at {url} ({exc}): is `fastfaas"
-              " serve` running? (or leave out --url to start one)", file=sys.stderr)
-        sys.exit(2)
-    except (RuntimeError, ValueError, OSError) as exc:
-        print(f"fastfaas bench: {exc}", file=sys.stderr)
-        sys.exit(1)
+    except BaseException as exc:  # sorted out below; the rest is re-raised
+        cause = _cause(exc)
+        if isinstance(cause, KeyboardInterrupt):
+            print("fastfaas bench: interrupted; what it deployed and started was removed",
+                  file=sys.stderr)
+            sys.exit(130)
+        if isinstance(cause, httpx.TransportError):
+            url = getattr(args, "url", None)
+            print(f"fastfaas bench: cannot reach the server at {url} ({cause}): is `fastfaas"
+                  " serve` running? (or leave out --url to start one)", file=sys.stderr)
+            sys.exit(2)
+        if isinstance(cause, (RuntimeError, ValueError, OSError)):
+            print(f"fastfaas bench: {cause}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception a trio nursery may have wrapped: a KeyboardInterrupt if there
+    is one in the group, else the only exception of a group of one."""
+    while isinstance(exc, BaseExceptionGroup):
+        interrupted = exc.subgroup(KeyboardInterrupt)
+        if interrupted is not None:
+            return KeyboardInterrupt()
+        if len(exc.exceptions) != 1:
+            return exc
+        exc = exc.exceptions[0]
+    return exc
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -121,7 +155,8 @@ def _out_path(args: argparse.Namespace, scenario: str) -> Path:
     return ROOT / "bench" / "results" / f"{scenario}-{date}-{report.git_commit(ROOT)}.json"
 
 
-def _finish(args: argparse.Namespace, scenario: str, runs: dict[str, tuple[Plan, Stats]],
+def _finish(args: argparse.Namespace, scenario: str,
+            runs: dict[str, tuple[Plan | None, Stats]],
             extra: dict[str, Any] | None = None) -> None:
     path = _out_path(args, scenario)
     report.write_json(report.document(scenario, runs, extra), path)
@@ -147,17 +182,26 @@ def _progress(args: argparse.Namespace, total_s: float, label: str) -> Any:
     return update, bar
 
 
-def _load(args: argparse.Namespace, target: Target, functions: list[str],
-          label: str) -> tuple[Plan, Stats]:
-    plan = plan_for(target, functions, payload=payload_of(args.payload_bytes),
+def _plan(args: argparse.Namespace, target: Target, functions: list[str]) -> Plan:
+    """The load plan of the command line, checked (errors name the flags)."""
+    return plan_for(target, functions, FLAGS, payload=payload_of(args.payload_bytes),
                     zipf_s=getattr(args, "zipf", 1.0), mode=args.mode,
                     connections=args.connections, rate=args.rate, rate_end=args.rate_end,
-                    duration_s=args.duration,
-                    warmup_s=args.warmup, seed=args.seed, workers=args.workers)
-    update, bar = _progress(args, args.warmup + args.duration, label)
+                    duration_s=args.duration, warmup_s=args.warmup, seed=args.seed,
+                    workers=args.workers, request_timeout_s=args.request_timeout)
+
+
+def _load(args: argparse.Namespace, plan: Plan, label: str) -> Stats:
+    update, bar = _progress(args, plan.warmup_s + plan.duration_s, label)
     with bar:
-        stats = run(plan, update)
-    return plan, stats
+        return run(plan, update)
+
+
+def _at_least(args: argparse.Namespace, minimum: float, *flags: str) -> None:
+    for flag in flags:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value < minimum:
+            raise ValueError(f"{flag} must be >= {minimum:g}, got {value:g}")
 
 
 @contextlib.contextmanager
@@ -173,18 +217,25 @@ def _server_or_url(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]
 
 
 def _run_population(args: argparse.Namespace) -> None:
+    _at_least(args, 1, "--functions")
+    _at_least(args, 0, "--payload-bytes", "--handler-ms", "--result-bytes")
+    names = population_names("bench", args.functions)
+    plan = _plan(args, Target(port=1), names)  # refused here, before anything is deployed
     with _server_or_url(args) as (url, token):
         api = Api(url, token)
+        deployed: list[str] = []
         try:
-            names = deploy_population(api, "bench", args.functions,
-                                      memory_mb=args.memory_mb, mode=args.handler_mode,
-                                      ms=args.handler_ms, result_bytes=args.result_bytes)
-            target = _target(url, token)
-            plan, stats = _load(args, target, names, "run")
-            for name in names:
-                api.delete(name)
+            deploy_population(api, "bench", args.functions, memory_mb=args.memory_mb,
+                              mode=args.handler_mode, ms=args.handler_ms,
+                              result_bytes=args.result_bytes, deployed=deployed)
+            plan = msgspec.structs.replace(plan, target=_target(url, token))
+            stats = _load(args, plan, "run")
         finally:
-            api.close()
+            try:
+                for name in deployed:
+                    api.delete(name)
+            finally:
+                api.close()
     summ = report.summary(stats)
     print(report.table(summ, f"population: {args.functions} functions, zipf {args.zipf},"
                              f" {args.mode} loop"))
@@ -192,22 +243,25 @@ def _run_population(args: argparse.Namespace) -> None:
 
 
 def _run_cold(args: argparse.Namespace) -> None:
+    _at_least(args, 1, "--rounds")
     with _server_or_url(args) as (url, token):
         api = Api(url, token)
         try:
-            hists = trio.run(functools.partial(cold_starts, memory_mb=args.memory_mb),
-                             api, _target(url, token), args.rounds)
+            cold = trio.run(functools.partial(cold_starts, memory_mb=args.memory_mb),
+                            api, _target(url, token), args.rounds)
         finally:
             api.close()
-    stats = Stats()
-    stats.latency = hists
-    stats.ok = sum(h.total for k, h in hists.items() if not k.startswith("error"))
-    stats.elapsed_s = 1.0
-    summ = report.summary(stats)
-    print(report.table(summ, "cold starts, each kind forced (client latency, new connection"
-                             " per call)"))
-    plan = plan_for(_target(url, token), ["cold-*"], duration_s=1.0)
-    _finish(args, "cold", {"fastfaas": (plan, stats)})
+    summ = report.summary(cold.stats)
+    print(report.table(summ, "cold starts, each kind forced (client latency minus the"
+                             " handler's time, a new connection per call)"))
+    counts = cold.wanted_vs_got()
+    print("samples, got/wanted: " + ", ".join(
+        f"{kind} {c['got']}/{c['wanted']}" for kind, c in sorted(
+            counts.items(), key=lambda kv: report.START_ORDER.index(kv[0])
+            if kv[0] in report.START_ORDER else 99)))
+    _finish(args, "cold", {"fastfaas": (None, cold.stats)},
+            {"rounds": args.rounds, "wanted_vs_got": counts,
+             "phases": [msgspec.to_builtins(p) for p in cold.phases]})
 
 
 def _run_compare(args: argparse.Namespace) -> None:
@@ -215,10 +269,12 @@ def _run_compare(args: argparse.Namespace) -> None:
     unknown = set(wanted) - {"fastfaas", "prefork", "spawn", "uvicorn"}
     if unknown:
         raise ValueError(f"unknown targets {sorted(unknown)}")
-    runs: dict[str, tuple[Plan, Stats]] = {}
+    _plan(args, Target(port=1), ["ok"])  # refused here, before any server starts
+    runs: dict[str, tuple[Plan | None, Stats]] = {}
     for name in wanted:
         with _start_target(name, args) as (target, functions):
-            runs[name] = _load(args, target, functions, name)
+            plan = _plan(args, target, functions)
+            runs[name] = (plan, _load(args, plan, name))
         print(report.table(report.summary(runs[name][1]), f"== {name}"))
         print()
     ratios = {}
@@ -257,28 +313,33 @@ def _start_target(name: str, args: argparse.Namespace) -> Iterator[tuple[Target,
 def _run_validate(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         raise RuntimeError("validate needs wrk: apt-get install -y wrk")
+    _at_least(args, 1, "--rounds")
+    common = {"payload": b"{}", "duration_s": args.duration, "warmup_s": 1.0}
+    # Both plans are checked before the server starts, then pointed at it.
+    plan64 = plan_for(Target(port=1), ["fixed"], FLAGS, connections=64, workers=2, **common)
+    plan32 = plan_for(Target(port=1), ["fixed"], FLAGS, connections=32, workers=1, **common)
     server = ServerProcess([sys.executable, "-m", "fastfaas.loadgen.fixed", "--port", "0"])
     rows: list[dict[str, Any]] = []
-    runs: dict[str, tuple[Plan, Stats]] = {}
+    runs: dict[str, tuple[Plan | None, Stats]] = {}
     try:
         target = Target(host=server.host, port=server.port, kind="plain")
-        common = {"payload": b"{}", "duration_s": args.duration, "warmup_s": 1.0}
+        plan64 = msgspec.structs.replace(plan64, target=target)
+        plan32 = msgspec.structs.replace(plan32, target=target)
         for round_ in range(args.rounds):
             row: dict[str, Any] = {"round": round_ + 1}
-            plan = plan_for(target, ["fixed"], connections=64, workers=2, **common)
+            plan = plan64
             update, bar = _progress(args, plan.warmup_s + plan.duration_s, "2 workers")
             with bar:
                 stats = run(plan, update)
-            row["two_workers_rps"] = round(stats.completed / stats.elapsed_s, 1)
+            row["two_workers_rps"] = round(stats.throughput or 0.0, 1)
             runs[f"two-workers-{round_ + 1}"] = (plan, stats)
             # One worker at 32 connections: two processes contending for two cores
             # with the server make a bimodal latency (one starved, one not).
-            plan32 = plan_for(target, ["fixed"], connections=32, workers=1, **common)
             update, bar = _progress(args, plan32.warmup_s + plan32.duration_s, "32 conns")
             with bar:
                 stats32 = run(plan32, update)
             runs[f"c32-{round_ + 1}"] = (plan32, stats32)
-            row["c32_rps"] = round(stats32.completed / stats32.elapsed_s, 1)
+            row["c32_rps"] = round(stats32.throughput or 0.0, 1)
             row["c32_p50_ms"] = stats32.all_latency().percentile(50) / 1000
             w = wrk(f"{server.url}/invoke", 32, args.duration)
             row["wrk_rps"] = round(w["rps"], 1)

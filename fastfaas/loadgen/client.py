@@ -68,7 +68,19 @@ class _Parsing:
 
 
 class ConnectionClosed(Exception):
-    """The server closed the connection (or reset it) before answering."""
+    """The server closed the connection (or reset it) before answering.
+
+    `before_response`: no byte of the response had arrived, so the server may
+    have closed an idle keep-alive connection just as the request went out.
+    """
+
+    def __init__(self, message: str, *, before_response: bool) -> None:
+        super().__init__(message)
+        self.before_response = before_response
+
+
+# What a peer's close or reset looks like on send or recv.
+_PEER_CLOSED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 class Connection:
@@ -79,7 +91,11 @@ class Connection:
         self._parsing = _Parsing()
         self.closed = False
         self.timed_out = False  # closed by a watchdog while a request waited
-        self.busy_since = 0.0
+        self.busy_since = 0.0  # when the request in flight was sent (the watchdog's clock)
+        self.answered = 0  # responses received on this connection
+        # Open and unused before the request now going out (kept alive after an
+        # answer, or opened ahead of time): the server may have closed it as idle.
+        self.was_idle = False
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -103,35 +119,49 @@ class Connection:
         """Send one whole request, return its response.
 
         Raises:
-            ConnectionClosed: the server closed the connection first.
-            OSError: the socket failed.
+            ConnectionClosed: the server closed or reset the connection first
+                (`before_response` says whether any of the response had come).
+            OSError: the socket failed otherwise.
             trio.ClosedResourceError: close() was called meanwhile (a timeout).
         """
         sock = self.sock
         view = memoryview(data)
-        while view:
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            view = view[sent:]
+        try:
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                view = view[sent:]
+        except _PEER_CLOSED as exc:
+            self.close()
+            raise ConnectionClosed(f"sending failed: {exc}", before_response=True) from None
         parsing = self._parsing
         response = parsing.response = Response()
+        received = False
         while not response.complete:
             try:
                 chunk = sock.recv(RECEIVE_BYTES)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
                 continue
+            except _PEER_CLOSED as exc:
+                self.close()
+                raise ConnectionClosed(f"receiving failed: {exc}",
+                                       before_response=not received) from None
             if not chunk:
                 self.close()
-                raise ConnectionClosed("the server closed the connection")
+                raise ConnectionClosed("the server closed the connection",
+                                       before_response=not received)
+            received = True
             try:
                 parsing.parser.feed_data(chunk)
             except httptools.HttpParserError as exc:
                 self.close()
-                raise ConnectionClosed(f"bad response: {exc}") from None
+                raise ConnectionClosed(f"bad response: {exc}", before_response=False) from None
+        self.answered += 1
+        self.was_idle = True
         if not response.keep_alive:
             self.close()
         return response

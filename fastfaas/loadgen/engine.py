@@ -3,28 +3,43 @@ several worker processes, recording latencies into histograms per start kind.
 
 Closed loop: C connections, each sending as soon as its previous answer
 arrived; latency runs from the send. Open loop: Poisson arrivals at a target
-rate; latency runs from the *intended* send time, so a slow server cannot
-hide its queue by slowing the generator down (no coordinated omission).
+rate, sent by C long-lived senders (one per connection) that take the next
+arrival from a shared `Schedule`; latency runs from the *intended* send time,
+so a slow server cannot hide its queue by slowing the generator down (no
+coordinated omission). How late the generator itself sends is recorded apart
+(`Stats.send_lag`).
 """
 
 from __future__ import annotations
 
-import collections
 import io
+import math
 import random
 import selectors
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
 
 import msgspec
 import trio
 
-from fastfaas.loadgen.client import Connection, ConnectionClosed, Response, build_request
+from fastfaas.loadgen.client import Connection, ConnectionClosed, build_request
 from fastfaas.loadgen.dist import Zipf, poisson_arrivals, ramp_arrivals
-from fastfaas.loadgen.hist import Histogram
+from fastfaas.loadgen.schedule import Schedule
+from fastfaas.loadgen.stats import Stats
+
+__all__ = ["Plan", "Stats", "Target", "Worker", "planned_arrivals", "run", "run_in_process"]
+
+# trio's sleep_until wakes 0.6-2 ms late (epoll's timeout is in whole
+# milliseconds): sleep until this long before an arrival, then yield until it.
+SPIN_S: Final = 0.0015
+# An open loop lets this many arrivals per connection wait for a free one;
+# later arrivals are counted as "overload" errors instead of queued.
+BACKLOG_PER_CONNECTION: Final = 10
+CONNECT_RETRY_S: Final = 0.01  # a refused connect returns at once: do not spin
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +54,9 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     def path(self, function: str) -> str:
         return f"/v1/functions/{function}/invoke" if self.kind == "fastfaas" else "/invoke"
 
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     """One load run.
@@ -50,6 +68,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
         linearly from `rate` to `rate_end` over warm-up and measurement).
     warmup_s: sent but not recorded, before `duration_s` of measurement.
     workers: processes sharing the load (connections and rate are split).
+    request_timeout_s: a request without an answer after this long is a
+        timeout; the run ends at the latest this long after the measurement.
     """
 
     target: Target
@@ -66,272 +86,322 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     workers: int = 1
     request_timeout_s: float = 60.0
 
-    def check(self) -> None:
+    def check(self, names: Mapping[str, str] | None = None) -> None:
+        """Refuse a plan that cannot run.
+
+        Args:
+            names: what to call each field in the messages, e.g. the command
+                line's flags ({"duration_s": "--duration"}); by default the
+                field's name.
+
+        Raises:
+            ValueError: what is wrong, with the value.
+        """
+        def n(field: str) -> str:
+            return (names or {}).get(field, field)
+
+        def finite(value: float) -> bool:
+            return math.isfinite(value)
+
         if self.mode not in ("closed", "open"):
-            raise ValueError(f"mode {self.mode!r} must be 'closed' or 'open'")
+            raise ValueError(f"{n('mode')} must be 'closed' or 'open', got {self.mode!r}")
         if not self.functions:
-            raise ValueError("the plan needs at least one function")
-        if self.connections < 1 or self.workers < 1:
-            raise ValueError("connections and workers must be >= 1")
-        if self.mode == "open" and self.rate <= 0 and not self.rate_end:
-            raise ValueError("an open loop needs rate > 0")
-        if self.rate_end is not None and self.rate_end < 0:
-            raise ValueError("rate_end must be >= 0")
-        if self.duration_s <= 0 or self.warmup_s < 0:
-            raise ValueError("duration_s must be > 0 and warmup_s >= 0")
+            raise ValueError(f"{n('functions')}: the plan needs at least one function")
+        if self.connections < 1:
+            raise ValueError(f"{n('connections')} must be >= 1, got {self.connections}")
+        if self.workers < 1:
+            raise ValueError(f"{n('workers')} must be >= 1, got {self.workers}")
         if self.connections < self.workers:
-            raise ValueError(f"{self.workers} workers need at least as many connections")
+            raise ValueError(
+                f"{n('workers')} {self.workers} need at least as many {n('connections')}"
+                f" (got {self.connections}): raise {n('connections')} or lower {n('workers')}")
+        if not (finite(self.duration_s) and self.duration_s > 0):
+            raise ValueError(f"{n('duration_s')} must be > 0, got {self.duration_s:g}")
+        if not (finite(self.warmup_s) and self.warmup_s >= 0):
+            raise ValueError(f"{n('warmup_s')} must be >= 0, got {self.warmup_s:g}")
+        if not (finite(self.request_timeout_s) and self.request_timeout_s > 0):
+            raise ValueError(
+                f"{n('request_timeout_s')} must be > 0, got {self.request_timeout_s:g}")
+        if not (finite(self.zipf_s) and self.zipf_s >= 0):
+            raise ValueError(f"{n('zipf_s')} must be >= 0, got {self.zipf_s:g}")
+        if self.mode == "open":
+            if not (finite(self.rate) and self.rate >= 0):
+                raise ValueError(f"{n('rate')} must be >= 0, got {self.rate:g}")
+            if self.rate_end is not None and not (finite(self.rate_end) and self.rate_end >= 0):
+                raise ValueError(f"{n('rate_end')} must be >= 0, got {self.rate_end:g}")
+            if self.rate <= 0 and not self.rate_end:
+                raise ValueError(f"an open loop needs {n('rate')} > 0, got {self.rate:g}")
 
 
-class Stats:
-    """What a run recorded: latency per start kind (client side, us), the server's
-    handler and whole times, errors by kind, and a per-second timeline."""
+def planned_arrivals(plan: Plan, index: int) -> Iterator[float]:
+    """Worker `index`'s open-loop arrival times, in seconds from its start, endless.
 
-    def __init__(self) -> None:
-        self.latency: dict[str, Histogram] = {}
-        self.duration = Histogram()  # X-Fastfaas-Duration-Us: the handler's time
-        self.server = Histogram()  # X-Fastfaas-Server-Us: the server's whole time
-        self.errors: collections.Counter[str] = collections.Counter()
-        self.ok = 0
-        self.sent = 0
-        self.elapsed_s = 0.0
-        self.timeline_count: list[int] = []
-        self.timeline_latency: list[Histogram] = []
-
-    def record(self, response: Response, latency_us: int, second: int) -> None:
-        kind = response.start or "-"
-        hist = self.latency.get(kind)
-        if hist is None:
-            hist = self.latency[kind] = Histogram()
-        hist.record(latency_us)
-        if response.duration_us >= 0:
-            self.duration.record(response.duration_us)
-        if response.server_us >= 0:
-            self.server.record(response.server_us)
-        if response.status >= 400:
-            self.errors[f"http_{response.status}"] += 1
-        elif response.function_error:
-            self.errors[f"function_{response.function_error}"] += 1
-        else:
-            self.ok += 1
-        self._tick(second, latency_us)
-
-    def record_error(self, kind: str, latency_us: int, second: int) -> None:
-        self.errors[kind] += 1
-        self._tick(second, latency_us)
-
-    def _tick(self, second: int, latency_us: int) -> None:
-        while len(self.timeline_count) <= second:
-            self.timeline_count.append(0)
-            self.timeline_latency.append(Histogram(digits=2))
-        self.timeline_count[second] += 1
-        self.timeline_latency[second].record(latency_us)
-
-    @property
-    def completed(self) -> int:
-        return sum(h.total for h in self.latency.values()) + self.transport_errors
-
-    @property
-    def transport_errors(self) -> int:
-        return sum(n for k, n in self.errors.items() if not k.startswith(("http_", "function_")))
-
-    def all_latency(self) -> Histogram:
-        total = Histogram()
-        for hist in self.latency.values():
-            total.merge(hist)
-        return total
-
-    def merge(self, other: Stats) -> None:
-        for kind, hist in other.latency.items():
-            self.latency.setdefault(kind, Histogram()).merge(hist)
-        self.duration.merge(other.duration)
-        self.server.merge(other.server)
-        self.errors.update(other.errors)
-        self.ok += other.ok
-        self.sent += other.sent
-        self.elapsed_s = max(self.elapsed_s, other.elapsed_s)
-        for second, count in enumerate(other.timeline_count):
-            while len(self.timeline_count) <= second:
-                self.timeline_count.append(0)
-                self.timeline_latency.append(Histogram(digits=2))
-            self.timeline_count[second] += count
-            self.timeline_latency[second].merge(other.timeline_latency[second])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "latency": {k: h.to_dict() for k, h in self.latency.items()},
-            "duration": self.duration.to_dict(),
-            "server": self.server.to_dict(),
-            "errors": dict(self.errors),
-            "ok": self.ok,
-            "sent": self.sent,
-            "elapsed_s": self.elapsed_s,
-            "timeline_count": self.timeline_count,
-            "timeline_latency": [h.to_dict() for h in self.timeline_latency],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Stats:
-        s = cls()
-        s.latency = {k: Histogram.from_dict(h) for k, h in d["latency"].items()}
-        s.duration = Histogram.from_dict(d["duration"])
-        s.server = Histogram.from_dict(d["server"])
-        s.errors = collections.Counter(d["errors"])
-        s.ok, s.sent, s.elapsed_s = d["ok"], d["sent"], d["elapsed_s"]
-        s.timeline_count = list(d["timeline_count"])
-        s.timeline_latency = [Histogram.from_dict(h) for h in d["timeline_latency"]]
-        return s
+    The same plan gives the same times (seeded by plan.seed and the index);
+    the worker sends the ones before warmup_s + duration_s.
+    """
+    rng = random.Random(f"{plan.seed}-{index}-arrivals")
+    rate = plan.rate / plan.workers
+    if plan.rate_end is None:
+        return poisson_arrivals(rate, rng)
+    return ramp_arrivals(rate, plan.rate_end / plan.workers, plan.warmup_s + plan.duration_s,
+                         rng)
 
 
-class _Worker:
-    """One process's share of a plan, in trio."""
+class Worker:
+    """One process's share of a plan (worker `index` of plan.workers), in trio.
 
-    def __init__(self, plan: Plan, index: int, progress: Callable[[int], None] | None) -> None:
+    `progress(requests_done)` is called as requests end, warm-up included.
+    After `run`, `t_start` is when it started, on trio's clock.
+    """
+
+    def __init__(self, plan: Plan, index: int = 0,
+                 progress: Callable[[int], None] | None = None) -> None:
         self.plan = plan
         self.index = index
         self.progress = progress
         self.stats = Stats()
-        self.rng = random.Random(plan.seed * 1_000_003 + index)
+        self.stats.mode = plan.mode
+        self.stats.window_s = plan.duration_s
         target = plan.target
-        headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         self.requests = [build_request(target.host, target.port, "POST", target.path(f),
-                                       plan.payload, headers) for f in plan.functions]
-        self.zipf = Zipf(len(plan.functions), plan.zipf_s, random.Random(self.rng.random()))
+                                       plan.payload, target.headers())
+                         for f in plan.functions]
+        self.zipf = Zipf(len(plan.functions), plan.zipf_s,
+                         random.Random(f"{plan.seed}-{index}-functions"))
         share = plan.connections // plan.workers
         self.connections = share + (1 if index < plan.connections % plan.workers else 0)
-        self.rate = plan.rate / plan.workers
-        self.rate_end = None if plan.rate_end is None else plan.rate_end / plan.workers
-        self._idle: list[Connection] = []
+        self.done = 0
+        self.t_start = self.t_measure = self.t_end = 0.0  # set by run(), on trio's clock
         self._busy: set[Connection] = set()
-        self._open = 0
-        self._done = 0
+        self._turn = trio.Lock()  # open loop: held by the sender waiting for the clock
+        self._clock = time.perf_counter  # replaced by trio's clock in run()
 
     async def run(self) -> Stats:
+        """Run the share, return what it recorded.
+
+        Returns when every request ended, at the latest `request_timeout_s`
+        after the measurement (what is still in flight or waiting then is
+        counted as a timeout or unsent).
+        """
         plan = self.plan
-        now = trio.current_time()
-        self.t_measure = now + plan.warmup_s
+        self._clock = clock = trio.lowlevel.current_clock().current_time  # one call, not three
+        self.t_start = clock()
+        self.t_measure = self.t_start + plan.warmup_s
         self.t_end = self.t_measure + plan.duration_s
+        schedule: Schedule | None = None
+        if plan.mode == "open":
+            limit = BACKLOG_PER_CONNECTION * self.connections
+            self.stats.backlog_limit = limit
+            arrivals = (self.t_start + t for t in planned_arrivals(plan, self.index))
+            schedule = Schedule(arrivals, self.t_end, limit, self._overload)
         with trio.move_on_at(self.t_end + plan.request_timeout_s):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog)
-                if plan.mode == "closed":
-                    async with trio.open_nursery() as loops:
-                        for _ in range(self.connections):
+                async with trio.open_nursery() as loops:
+                    for _ in range(self.connections):
+                        if schedule is None:
                             loops.start_soon(self._closed_loop)
-                else:
-                    await self._open_loop()
+                        else:
+                            loops.start_soon(self._open_sender, schedule)
                 nursery.cancel_scope.cancel()
-        for conn in self._idle:
-            conn.close()
-        self.stats.elapsed_s = plan.duration_s
+        if schedule is not None:
+            now = clock()
+            for intended in schedule.close(now):
+                self._arrived(intended)
+                self._fail("unsent", intended, intended >= self.t_measure, now)
         return self.stats
 
     async def _watchdog(self) -> None:
+        """Close the connection of a request unanswered after request_timeout_s.
+
+        (No cancel scope per request: it cost a third of the generator's time.)
+        """
         timeout = self.plan.request_timeout_s
         while True:
             await trio.sleep(min(1.0, timeout / 4))
-            now = trio.current_time()
+            now = self._clock()
             for conn in list(self._busy):
                 if now - conn.busy_since > timeout:
                     conn.timed_out = True
                     conn.close()
 
+    # --- closed loop ------------------------------------------------------------
+
     async def _closed_loop(self) -> None:
         conn: Connection | None = None
-        clock = trio.lowlevel.current_clock().current_time  # one call, not three
+        clock = self._clock
+        stats = self.stats
         try:
-            while clock() < self.t_end:
+            while True:
                 if conn is None or conn.closed:
                     conn = await self._connect()
                     if conn is None:
+                        if clock() >= self.t_end:
+                            break
                         continue
                 data = self.requests[self.zipf.sample()]
-                t0 = time.perf_counter_ns()
                 sent_at = clock()
                 if sent_at >= self.t_end:
                     break
-                conn = await self._exchange(conn, data, sent_at, t0)
+                measured = sent_at >= self.t_measure
+                if measured:
+                    stats.sent += 1
+                    if stats.first_send_s is None:
+                        stats.note_send(sent_at - self.t_measure)
+                conn = await self._exchange(conn, data, sent_at, sent_at, measured)
         finally:
             if conn is not None:
                 conn.close()
 
-    async def _open_loop(self) -> None:
-        limiter = trio.Semaphore(self.connections)
-        now = trio.current_time()
-        if self.rate_end is None:
-            arrivals = poisson_arrivals(self.rate, self.rng, start=now)
-        else:
-            arrivals = ramp_arrivals(self.rate, self.rate_end, self.t_end - now, self.rng,
-                                     start=now)
-        async with trio.open_nursery() as nursery:
-            for intended in arrivals:
-                if intended >= self.t_end:
-                    break
-                await trio.sleep_until(intended)
-                nursery.start_soon(self._open_one, limiter, intended)
+    # --- open loop --------------------------------------------------------------
 
-    async def _open_one(self, limiter: trio.Semaphore, intended: float) -> None:
-        data = self.requests[self.zipf.sample()]
-        # Latency from the intended send: waiting for a free connection counts.
-        t0 = time.perf_counter_ns() - int((trio.current_time() - intended) * 1e9)
-        async with limiter:
-            conn = self._idle.pop() if self._idle else await self._connect()
-            if conn is None:
-                return
-            conn = await self._exchange(conn, data, intended, t0)
-            if conn is not None and not conn.closed:
-                self._idle.append(conn)
+    async def _open_sender(self, schedule: Schedule) -> None:
+        """One connection's sender: take the next arrival, send it at its time, repeat.
+
+        An arrival already due goes out at once; otherwise only the sender
+        holding `_turn` waits for the clock (the others queue for the turn), so
+        one task at a time spins through the last SPIN_S before an arrival.
+        """
+        conn: Connection | None = None
+        clock = self._clock
+        stats = self.stats
+        try:
+            while not schedule.finished:
+                if conn is None or conn.closed:
+                    conn = await self._connect()
+                    if conn is None and clock() >= self.t_end:
+                        break  # the server is gone: what waits is counted unsent
+                    continue
+                ready = clock()
+                intended = schedule.take_due(ready)  # one is due: send it now
+                if intended is not None:
+                    self._arrived(intended)
+                else:
+                    # The connection waits, open and unused, for the turn and the
+                    # arrival: the server may close it meanwhile.
+                    conn.was_idle = True
+                    async with self._turn:
+                        intended = schedule.take(clock())
+                        if intended is None:
+                            break
+                        self._arrived(intended)
+                        try:
+                            await self._wait_until(intended)
+                        except trio.Cancelled:
+                            self._fail("unsent", intended, intended >= self.t_measure, clock())
+                            raise
+                sent_at = clock()
+                measured = intended >= self.t_measure
+                if measured:
+                    # Waiting for a connection is the server's doing (it is in the
+                    # latency); what is left is the generator's own delay.
+                    stats.send_lag.record(int((sent_at - max(intended, ready)) * 1e6))
+                    stats.note_send(sent_at - self.t_measure)
+                data = self.requests[self.zipf.sample()]
+                conn = await self._exchange(conn, data, intended, sent_at, measured)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    async def _wait_until(self, t: float) -> None:
+        clock = self._clock
+        if clock() < t - SPIN_S:
+            await trio.sleep_until(t - SPIN_S)
+        while clock() < t:
+            await trio.lowlevel.checkpoint()
+
+    def _arrived(self, intended: float) -> None:
+        if intended >= self.t_measure:
+            self.stats.sent += 1
+
+    def _overload(self, intended: float) -> None:
+        self._arrived(intended)
+        self._fail("overload", intended, intended >= self.t_measure, intended, latency=False)
+
+    # --- one request ------------------------------------------------------------
 
     async def _connect(self) -> Connection | None:
         target = self.plan.target
         try:
             return await Connection.open(target.host, target.port)
         except OSError:
-            self._count_error("connect", trio.current_time())
-            await trio.sleep(0.01)  # a refused connect returns at once: do not spin
+            if self._clock() >= self.t_measure:
+                self.stats.connect_errors += 1
+            await trio.sleep(CONNECT_RETRY_S)
             return None
 
-    async def _exchange(self, conn: Connection, data: bytes, sent_at: float,
-                        t0: int) -> Connection | None:
-        if sent_at >= self.t_measure:
-            self.stats.sent += 1
-        # No cancel scope per request (it cost a third of the generator's time):
-        # the watchdog closes a connection whose answer is overdue.
-        conn.busy_since = sent_at
-        self._busy.add(conn)
+    async def _exchange(self, conn: Connection, data: bytes, start: float, sent_at: float,
+                        measured: bool) -> Connection | None:
+        """Send `data` on `conn` and record how it ended; the connection to go on with.
+
+        Latency runs from `start` (the intended time in the open loop, the
+        send in the closed loop); the watchdog's clock from `sent_at`. A
+        request on a connection that was idle before it (kept alive, or opened
+        ahead) which the server closed before any byte of the answer is sent
+        once more, on a new connection.
+
+        Cancellation: a request cancelled by the run's final deadline is
+        counted as a timeout.
+        """
+        retried = False
         try:
-            response = await conn.request(data)
-        except (ConnectionClosed, OSError, trio.ClosedResourceError):
+            while True:
+                conn.busy_since = sent_at
+                self._busy.add(conn)
+                try:
+                    response = await conn.request(data)
+                    break
+                except ConnectionClosed as exc:
+                    failure = "timeout" if conn.timed_out else "connection_closed"
+                    if failure == "connection_closed" and exc.before_response \
+                            and conn.was_idle and not retried:
+                        failure = ""  # the server closed an idle kept-alive connection
+                except (OSError, trio.ClosedResourceError):
+                    failure = "timeout" if conn.timed_out else "connection_closed"
+                finally:
+                    self._busy.discard(conn)
+                if failure:
+                    self._fail(failure, start, measured)
+                    return None
+                # Once more, on a new connection (the latency still runs from `start`).
+                retried = True
+                if measured:
+                    self.stats.reconnects += 1
+                fresh = await self._connect()
+                if fresh is None:
+                    self._fail("connection_closed", start, measured)
+                    return None
+                conn = fresh
+        except trio.Cancelled:
+            self._fail("timeout", start, measured)
             conn.close()
-            self._count_error("timeout" if conn.timed_out else "connection_closed", sent_at, t0)
-            return None
-        finally:
-            self._busy.discard(conn)
-        latency_us = (time.perf_counter_ns() - t0) // 1000
-        if sent_at >= self.t_measure:
-            second = min(int(sent_at - self.t_measure), int(self.plan.duration_s + 0.999) - 1)
-            self.stats.record(response, latency_us, second)
+            raise
+        now = self._clock()
+        if measured:
+            self.stats.record(response, int((now - start) * 1e6), now - self.t_measure)
         self._tick()
-        return conn
+        return None if conn.closed else conn
 
-    def _count_error(self, kind: str, sent_at: float, t0: int = 0) -> None:
-        if sent_at >= self.t_measure:
-            second = max(0, int(trio.current_time() - self.t_measure))
-            latency = (time.perf_counter_ns() - t0) // 1000 if t0 else 0
-            self.stats.record_error(kind, latency, second)
+    def _fail(self, kind: str, start: float, measured: bool, now: float | None = None,
+              *, latency: bool = True) -> None:
+        if measured:
+            if now is None:
+                now = self._clock()
+            latency_us = int((now - start) * 1e6) if latency else None
+            self.stats.record_failure(kind, latency_us, now - self.t_measure)
         self._tick()
 
     def _tick(self) -> None:
-        self._done += 1
+        self.done += 1
         if self.progress is not None:
-            self.progress(self._done)
+            self.progress(self.done)
 
 
 def run_in_process(plan: Plan, progress: Callable[[int], None] | None = None) -> Stats:
     """The whole plan in this process, one trio loop (workers is ignored)."""
     plan.check()
     single = msgspec.structs.replace(plan, workers=1)
-    return trio.run(_Worker(single, 0, progress).run)
+    return trio.run(Worker(single, 0, progress).run)
 
 
 def run(plan: Plan, progress: Callable[[int, float], None] | None = None) -> Stats:
@@ -342,18 +412,25 @@ def run(plan: Plan, progress: Callable[[int, float], None] | None = None) -> Sta
     re-run); it reports progress lines and, at the end, its statistics on
     stdout. `progress(requests_done, seconds_elapsed)` is called about four
     times a second from this process.
+
+    Raises:
+        RuntimeError: a worker exited without reporting; the others are
+            terminated at once.
     """
     plan.check()
     if plan.workers == 1 and progress is None:
         return run_in_process(plan)
     encoded = msgspec.msgpack.encode(plan)
-    procs = [subprocess.Popen([sys.executable, "-m", "fastfaas.loadgen.engine", str(index)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-             for index in range(plan.workers)]
+    procs: list[subprocess.Popen[bytes]] = []
     t0 = time.monotonic()
     done = [0] * plan.workers
     total = Stats()
+    finished = False
     try:
+        for index in range(plan.workers):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "fastfaas.loadgen.engine", str(index)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE))
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write(encoded)
@@ -380,28 +457,31 @@ def run(plan: Plan, progress: Callable[[int, float], None] | None = None) -> Sta
                             " reporting; see its error above")
                 if progress is not None:
                     progress(sum(done), time.monotonic() - t0)
+        finished = True
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if not finished and proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
     return total
 
 
-async def _report_progress(worker: _Worker, out: Any) -> None:
+async def _report_progress(worker: Worker, out: Any) -> None:
     while True:
         await trio.sleep(0.25)
-        out.write(b"P %d\n" % worker._done)
+        out.write(b"P %d\n" % worker.done)
         out.flush()
 
 
 async def _worker_main(plan: Plan, index: int) -> Stats:
-    worker = _Worker(plan, index, None)
+    worker = Worker(plan, index, None)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_report_progress, worker, sys.stdout.buffer)
         stats = await worker.run()
@@ -410,6 +490,9 @@ async def _worker_main(plan: Plan, index: int) -> Stats:
 
 
 if __name__ == "__main__":
+    # Ctrl-C reaches the whole process group: the parent ends its workers
+    # (SIGTERM), so they ignore SIGINT rather than print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _plan = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=Plan)
     _stats = trio.run(_worker_main, _plan, int(sys.argv[1]))
     _payload = msgspec.msgpack.encode(_stats.to_dict())

@@ -325,6 +325,18 @@ class Histogram:
                 break
         return out
 
+    def count_at_least(self, value: int) -> int:
+        """How many samples were recorded in `value`'s slot or above.
+
+        Within the histogram's precision: it may include samples below
+        `value` by less than a relative 10**-digits (its slot's lower part),
+        never miss one at or above it (a value above `highest` counts the
+        samples clamped to `highest`).
+        """
+        if value <= 0:
+            return self._total
+        return sum(self._counts[self._index(min(value, self._highest)):])
+
     def cdf(self) -> list[tuple[int, float]]:
         """(value, fraction of samples <= value) for each non-empty slot, ascending.
 

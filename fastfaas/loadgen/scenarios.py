@@ -2,8 +2,7 @@
 
 - `population`: M functions deployed by the harness, Zipf popularity, a
   closed or open loop; latency per start kind.
-- `cold`: each start kind forced on purpose (bursts above the idle count,
-  short idle timeouts, new deployments, an emptied warming pool).
+- `cold`: each start kind forced on purpose (in `cold.py`).
 - `compare`: one closed-loop scenario against fastfaas and, in the same run,
   the baselines in bench/baselines/ (spawn-per-request, a forkserver pool,
   uvicorn), serving the same handler; ratios pair by pair.
@@ -21,18 +20,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import trio
-
-from fastfaas.loadgen.client import Connection, build_request
-from fastfaas.loadgen.engine import Plan, Stats, Target
-from fastfaas.loadgen.hist import Histogram
+from fastfaas.loadgen.engine import Plan, Target
+from fastfaas.loadgen.stats import Stats
 
 HANDLER_SOURCE = textwrap.dedent('''\
     """fastfaas bench: sleeps or computes for BENCH_MS, returns BENCH_RESULT_BYTES of padding."""
@@ -114,13 +108,24 @@ def function_env(mode: str, ms: float, result_bytes: int) -> dict[str, str]:
     return {"BENCH_MODE": mode, "BENCH_MS": f"{ms:g}", "BENCH_RESULT_BYTES": str(result_bytes)}
 
 
+def population_names(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i:03d}" for i in range(count)]
+
+
 def deploy_population(api: Api, prefix: str, count: int, *, memory_mb: int, mode: str,
-                      ms: float, result_bytes: int) -> list[str]:
-    """`count` functions of the same handler, each its own function (own zygote)."""
-    names = [f"{prefix}-{i:03d}" for i in range(count)]
+                      ms: float, result_bytes: int,
+                      deployed: list[str] | None = None) -> list[str]:
+    """`count` functions of the same handler, each its own function (own zygote).
+
+    Each name is appended to `deployed` once deployed, so that a caller can
+    delete them all even when a later deployment fails.
+    """
+    names = population_names(prefix, count)
     env = function_env(mode, ms, result_bytes)
     for name in names:
         api.deploy(name, memory_mb=memory_mb, env=env)
+        if deployed is not None:
+            deployed.append(name)
     return names
 
 
@@ -138,7 +143,11 @@ class ServerProcess:
                                      cwd=cwd, env={**os.environ, **(env or {})},
                                      start_new_session=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode(errors="replace")
+        try:
+            line = self.proc.stdout.readline().decode(errors="replace")
+        except BaseException:  # e.g. Ctrl-C while it starts: it has its own session
+            self.stop()
+            raise
         if "listening on http://" not in line:
             self.stop()
             raise RuntimeError(f"{self.cmd[:4]} did not start: {line!r}" +
@@ -177,120 +186,6 @@ def fastfaas_server(*args: str, log: Path | None = None) -> Iterator[ServerProce
             server.stop()
 
 
-# --- the cold-start scenario -------------------------------------------------------------
-
-
-class ColdResult(msgspec.Struct):
-    by_start: dict[str, dict[str, Any]]
-    samples: dict[str, int]
-    wanted: dict[str, str]
-
-
-async def _timed(target: Target, function: str, payload: bytes) -> tuple[str, int, int]:
-    """One request on a new connection: (start kind, client us, status)."""
-    conn = await Connection.open(target.host, target.port)
-    try:
-        data = build_request(target.host, target.port, "POST", target.path(function), payload)
-        t0 = time.perf_counter_ns()
-        r = await conn.request(data)
-        return r.start or "-", (time.perf_counter_ns() - t0) // 1000, r.status
-    finally:
-        conn.close()
-
-
-async def cold_starts(api: Api, target: Target, rounds: int, *, memory_mb: int = 128,
-                      burst: int = 4, prefix: str = "cold") -> dict[str, Histogram]:
-    """Force each start kind, `rounds` times each; latency histograms by reported kind.
-
-    - warm: sequential calls to a function that has served;
-    - prewarmed, forked: a burst of `burst` concurrent calls to a function whose
-      instances were reaped (idle_timeout_s short): one spare is taken
-      (prewarmed), the rest fork on the request path;
-    - claimed: the first call after a new deployment (a generic zygote from the
-      warming pool imports the code);
-    - cold: a burst of new deployments larger than the warming pool.
-    """
-    hists: dict[str, Histogram] = {}
-
-    def record(kind: str, us: int, status: int) -> None:
-        if status == 200:
-            hists.setdefault(kind, Histogram()).record(us)
-        else:
-            hists.setdefault(f"error_{status}", Histogram()).record(us)
-
-    env = function_env("sleep", 0, 0)
-    # warm
-    api.deploy(f"{prefix}-warm", memory_mb=memory_mb, env=env)
-    api.warm(f"{prefix}-warm")
-    await _timed(target, f"{prefix}-warm", b"{}")
-    for _ in range(rounds):
-        record(*await _timed(target, f"{prefix}-warm", b"{}"))
-    # prewarmed and forked: bursts after the idle instances were reaped
-    name = f"{prefix}-burst"
-    api.deploy(name, memory_mb=memory_mb, env=env, idle_timeout_s=0.5)
-    api.warm(name)
-    for _ in range(max(1, rounds // max(1, burst - 1))):
-        await _wait_for_instances(api, name, warm=0, spare=1)
-        async with trio.open_nursery() as nursery:
-            for _ in range(burst):
-                nursery.start_soon(_record_timed, record, target, name)
-    # claimed: new deployments, the warming pool refilled between them
-    for i in range(rounds):
-        await _wait_for_pool(api)
-        fresh = f"{prefix}-claim-{i:03d}"
-        api.deploy(fresh, memory_mb=memory_mb, env=env)
-        record(*await _timed(target, fresh, b"{}"))
-        api.delete(fresh)
-    # cold: more new functions at once than the warming pool holds
-    pool = int(api.health().get("warming_pool", 2))
-    done = 0
-    batch = 0
-    while done < rounds:
-        await _wait_for_pool(api)
-        names = [f"{prefix}-cold-{batch}-{j}" for j in range(pool + 2)]
-        for n in names:
-            api.deploy(n, memory_mb=memory_mb, env=env)
-        async with trio.open_nursery() as nursery:
-            for n in names:
-                nursery.start_soon(_record_timed, record, target, n)
-        for n in names:
-            api.delete(n)
-        done += 2
-        batch += 1
-    api.delete(f"{prefix}-warm")
-    api.delete(name)
-    return hists
-
-
-async def _record_timed(record: Any, target: Target, name: str) -> None:
-    record(*await _timed(target, name, b"{}"))
-
-
-async def _wait_for_instances(api: Api, name: str, warm: int, spare: int,
-                              timeout_s: float = 30) -> None:
-    """Poll the function's state until it has exactly `warm` warm and >= `spare` spares.
-
-    Polling a remote server's state is the only way to see it: bounded, 50 ms apart.
-    """
-    deadline = trio.current_time() + timeout_s
-    while trio.current_time() < deadline:
-        state = api.client.get(f"/v1/functions/{name}").json()["state"]["instances"]
-        if state["warm"] == warm and state["spare"] >= spare and state["busy"] == 0:
-            return
-        await trio.sleep(0.05)
-    raise RuntimeError(f"{name} did not reach {warm} warm / {spare} spare in {timeout_s} s")
-
-
-async def _wait_for_pool(api: Api, timeout_s: float = 30) -> None:
-    deadline = trio.current_time() + timeout_s
-    while trio.current_time() < deadline:
-        health = api.health()
-        if health.get("warming_pool", 0) >= 2:
-            return
-        await trio.sleep(0.05)
-    raise RuntimeError(f"the warming pool did not refill in {timeout_s} s")
-
-
 # --- wrk, for the generator's own validation ----------------------------------------------
 
 _WRK_SCRIPT = textwrap.dedent('''\
@@ -324,16 +219,18 @@ def wrk(url: str, connections: int, seconds: float, threads: int = 2) -> dict[st
             "p99_ms": d["p99_us"] / 1000, "requests": d["requests"], "errors": d["errors"]}
 
 
-def plan_for(target: Target, functions: list[str], **kw: Any) -> Plan:
+def plan_for(target: Target, functions: list[str], names: Mapping[str, str] | None = None,
+             **kw: Any) -> Plan:
+    """A checked Plan; `names` as for Plan.check (what to call fields in errors)."""
     plan = Plan(target=target, functions=functions, **kw)
-    plan.check()
+    plan.check(names)
     return plan
 
 
 def stats_ratio(a: Stats, b: Stats) -> dict[str, float]:
     """b relative to a: throughput ratio and p50 ratio."""
-    ta = a.completed / (a.elapsed_s or 1)
-    tb = b.completed / (b.elapsed_s or 1)
+    ta = a.throughput
+    tb = b.throughput or 0.0
     pa = a.all_latency().percentile(50) or 1
     pb = b.all_latency().percentile(50) or 1
     return {"throughput": round(tb / ta, 3) if ta else float("nan"),

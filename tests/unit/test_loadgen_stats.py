@@ -296,6 +296,22 @@ def test_empty_histogram() -> None:
     assert Histogram.from_dict(h.to_dict()).to_dict() == h.to_dict()
 
 
+@pytest.mark.parametrize("digits", [1, 3])
+def test_count_at_least_never_misses_a_sample_and_errs_only_within_precision(
+        digits: int) -> None:
+    rng = random.Random(f"count-at-least-{digits}")
+    values = [int(rng.expovariate(1 / 50_000)) for _ in range(20_000)]
+    h = record_all(values, digits)
+    for threshold in (0, 1, 99, 1_000, 12_345, 50_000, 300_000, 10**9):
+        at_least = sum(1 for v in values if v >= threshold)
+        # Values below the threshold but in its slot may be counted, no others.
+        slot_low = h.lowest_equivalent(threshold)
+        assert at_least <= h.count_at_least(threshold) <= sum(
+            1 for v in values if v >= slot_low), threshold
+    assert h.count_at_least(0) == h.total
+    assert h.count_at_least(HOUR_US * 2) == 0  # nothing clamped here
+
+
 def test_cdf_ends_at_max_with_fraction_one() -> None:
     h = record_all([1, 1, 2, 3000, 3001, 7000])
     assert h.cdf() == [(1, 2 / 6), (2, 3 / 6), (3001, 5 / 6), (7000, 1.0)]
