@@ -59,9 +59,12 @@ def invocation_counts(api: Api) -> dict[tuple[str, str, str], int]:
     return out
 
 
+LOG = Path("/tmp/fastfaas-capacity-server.log")
+
+
 def zipf_scenario(quick: bool) -> dict[str, Any]:
     functions, rate, duration = (40, 300, 10) if quick else (200, 1000, 60)
-    with fastfaas_server() as server:
+    with fastfaas_server(log=LOG) as server:
         api = Api(server.url)
         names = [f"z-{i:03d}" for i in range(functions)]
         env = function_env("sleep", 1, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import itertools
 import math
 import os
@@ -65,6 +66,8 @@ SPARES_MAX = 16  # policy.SpareSizer's default cap
 INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
 ZYGOTE_ESTIMATE = 32 * 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+FDS_PER_INSTANCE = 7  # in the server: socket, pidfd, 4 cgroup files, and a margin
+FDS_RESERVED = 2048  # connections, zygotes, the template, SQLite, pip...
 _json_encode = msgspec.json.encode
 
 
@@ -178,6 +181,7 @@ class Runtime:
                               else int(_machine_memory() * 0.8))
         self._memory_used = 0
         self._measured = trio.Event()
+        self._max_instances = 1_000_000  # from RLIMIT_NOFILE once entered
         self._now: Callable[[], float] = time.monotonic  # trio's clock once entered
         self.python = python
         self.requirements = code_bundles.Requirements(
@@ -221,6 +225,9 @@ class Runtime:
         if self._nursery is not None:
             raise RuntimeError("a Runtime can be entered once")
         _raise_nofile_limit()
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile != resource.RLIM_INFINITY:
+            self._max_instances = max(16, (nofile - FDS_RESERVED) // FDS_PER_INSTANCE)
         # The clock's own method: trio.current_time() goes through three calls.
         self._now = trio.lowlevel.current_clock().current_time
         self._nursery_cm = trio.open_nursery()
@@ -717,6 +724,7 @@ class Runtime:
         Raises:
             TooManyRequestsError: even evicting every idle instance would not do.
         """
+        self._admit_descriptors(fv)
         need = fv.instance_memory + (ZYGOTE_ESTIMATE if claim else 0)
         over = self._memory_used + need - self.memory_budget
         if over <= 0:
@@ -742,6 +750,32 @@ class Runtime:
             self._retire(inst)
             self._memory_used -= c.memory
             self.counters["evicted_spares" if c.spare else "evicted_instances"] += 1
+
+    def _admit_descriptors(self, fv: FunctionVersion) -> None:
+        """Each live instance holds ~6 descriptors in the server (socket, pidfd,
+        four cgroup files): past what RLIMIT_NOFILE allows, evict idle instances
+        of other functions (least recently used first) or refuse."""
+        live = sum(len(f.instances) for f in [*self._functions.values(), *self._draining])
+        over = live + 1 - self._max_instances
+        if over <= 0:
+            return
+        candidates = [
+            policy.Candidate(inst, other.name, inst.spare, inst.idle_since, 1)
+            for other in self._functions.values() if other.name != fv.name
+            for inst in other.instances.values()
+            if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE]
+        chosen = policy.eviction_order(candidates, need=over, protect=fv.name)
+        if not chosen:
+            self.counters["descriptor_refusals"] += 1
+            raise TooManyRequestsError(
+                f"the server holds {live} instances, all it can with its RLIMIT_NOFILE"
+                f" ({self._max_instances} at ~{FDS_PER_INSTANCE} descriptors each), and none"
+                " is idle to make room; retry later, or raise the limit")
+        for c in chosen:
+            inst = c.key
+            self.table.set_state(inst.table_id, _native.STATE_DRAINING)
+            self._retire(inst)
+            self.counters["evicted_for_descriptors"] += 1
 
     async def _measure_memory(self) -> None:
         """Every half second: the memory of every zygote and instance (their memory
@@ -989,8 +1023,8 @@ class Runtime:
                      first: bytes = b"") -> InstanceHandle | None:
         """Fork one instance (state SPAWNING), handing it `first` (an encoded
         Invoke) to run at once; None if the zygote is gone."""
+        cg = self._take_cgroup(fv.config.memory_mb)  # may raise: before anything is held
         tid = self.table.add(fv.slot)
-        cg = self._take_cgroup(fv.config.memory_mb)
         spawn_id = next(self._spawn_ids)
         inst = InstanceHandle(tid, f"{self._rid}-{next(self._instance_names)}", fv, z, cg)
         fv.instances[tid] = inst
@@ -1005,6 +1039,8 @@ class Runtime:
             sent = await z.spawn(spawn_id, child_end.fileno(), cg.join_fds if cg else [], first)
         finally:
             child_end.close()
+            if cg is not None:
+                self.cgroups.drop_join_fds(cg)  # the zygote has its own copies now
             if not sent:
                 z.instances.pop(spawn_id, None)  # no process: no exit report will come
                 inst.spawned.set()
@@ -1118,7 +1154,8 @@ class Runtime:
                 got = None
             entry.finish()
             self.counters["abandoned"] += 1
-            await self._finish(inst.fv, inst, "abandoned", "", got, cpu_base)
+            with contextlib.suppress(_Retry):  # it never reached a handler: nothing to do
+                await self._finish(inst.fv, inst, "abandoned", "", got, cpu_base)
 
     @trio.lowlevel.enable_ki_protection
     async def _watch_deadlines(self) -> None:
@@ -1239,6 +1276,7 @@ class Runtime:
             if cg is not None:
                 reusable = await trio.to_thread.run_sync(self._empty_cgroup, cg)
                 if reusable and len(self._cg_free) < self.cgroup_pool_size * 2:
+                    self.cgroups.ensure_join_fds(cg)
                     self._cg_free.append(cg)
                 else:
                     await trio.to_thread.run_sync(self.cgroups.destroy, cg)
@@ -1288,6 +1326,10 @@ class Runtime:
                 if self._memory_used + fv.instance_memory > self.memory_budget:
                     self.counters["spares_skipped_for_memory"] += 1
                     return  # spares never evict anything
+                live = sum(len(f.instances) for f in self._functions.values())
+                if live >= self._max_instances:
+                    self.counters["spares_skipped_for_descriptors"] += 1
+                    return
                 fv.spawning_spares += 1
                 try:
                     inst = await self._spawn(fv, fv.zygote)
@@ -1307,6 +1349,14 @@ class Runtime:
                     return
                 self._set_idle(inst, spare=True)
         except ZygoteError:
+            return
+        except (TooManyRequestsError, CgroupError, OSError) as exc:
+            # Out of descriptors or cgroups: no spare now; calls still get their
+            # own errors. Never takes the runtime down.
+            self.counters["spare_errors"] += 1
+            if self.counters["spare_errors"] == 1:
+                print(f"fastfaas: cannot fork spares ({exc}); going on without",
+                      file=sys.stderr)
             return
         finally:
             fv.spare_task = False
@@ -1401,14 +1451,26 @@ class Runtime:
         free = self._cg_free
         match = next((i for i in range(len(free) - 1, -1, -1)
                       if free[i].memory_mb == memory_mb), None)
-        if match is not None:
-            cg = free.pop(match)
-        else:
-            cg = free.pop() if free else self.cgroups.new_instance()
-            self.counters["cgroup_resized"] += 1
         self._cg_hint = memory_mb
         self._cg_lot.unpark_all()
-        self.cgroups.size_instance(cg, memory_mb)  # a no-op when it has that size
+        cg = None
+        try:
+            if match is not None:
+                cg = free.pop(match)
+            else:
+                cg = free.pop() if free else self.cgroups.new_instance()
+                self.counters["cgroup_resized"] += 1
+            self.cgroups.ensure_join_fds(cg)  # a no-op for one from the pool
+            self.cgroups.size_instance(cg, memory_mb)  # a no-op when it has that size
+        except (CgroupError, OSError) as exc:
+            if cg is not None:
+                self.cgroups.destroy(cg)
+            if getattr(exc, "errno", None) == errno.EMFILE:
+                raise TooManyRequestsError(
+                    "the server has no file descriptors left for another instance"
+                    f" ({len(self._all_zygotes)} zygotes); retry later, or raise its"
+                    " RLIMIT_NOFILE") from None
+            raise
         return cg
 
     @trio.lowlevel.enable_ki_protection
@@ -1512,6 +1574,9 @@ class Runtime:
             "zygotes": len(self._all_zygotes),
             "concurrency": self.limits.statistics(),
             "memory": {"used_bytes": self._memory_used, "budget_bytes": self.memory_budget},
+            "instances": {"live": sum(len(f.instances) for f in
+                                      [*self._functions.values(), *self._draining]),
+                          "max": self._max_instances},
             "functions": {name: self._fv_state(fv) for name, fv in self._functions.items()},
             "draining": [self._fv_state(fv) | {"name": fv.name} for fv in self._draining],
             "counters": dict(self.counters),

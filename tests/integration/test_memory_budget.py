@@ -59,3 +59,28 @@ async def test_idle_instances_of_others_are_evicted_lru_first_then_starts_refuse
         assert rt.statistics()["counters"]["memory_refusals"] == 1
         warm = await rt.invoke("new")  # a warm start needs no room
         assert warm.ok and warm.start == "warm"
+
+
+async def test_the_instance_cap_from_rlimit_nofile_evicts_then_refuses(
+    tmp_path: Path, make_function, cgroups_mode: str
+) -> None:
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                spares=0) as rt:
+        assert rt.statistics()["instances"]["max"] >= 16
+        rt._max_instances = 2  # as if RLIMIT_NOFILE allowed two instances
+        await rt.deploy("a", source=make_function(app=TRIVIAL), handler="app.handler")
+        await rt.deploy("b", source=make_function(app=GATED), handler="app.handler")
+        first_a = await rt.invoke("a")
+        await rt.invoke("b", {"gate": "/nonexistent"})  # fails fast, leaves b's instance
+        # Two live instances: a third start evicts a's idle one...
+        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+            nursery.start_soon(rt.invoke, "b", {"gate": gate.path})
+            nursery.start_soon(rt.invoke, "b", {"gate": gate.path})
+            await gate.wait_arrivals(2)
+            assert rt.statistics()["counters"]["evicted_for_descriptors"] == 1
+            assert rt._functions["a"].instances == {}
+            # ...and with both busy, nothing can make room.
+            with pytest.raises(TooManyRequestsError, match="RLIMIT_NOFILE"):
+                await rt.invoke("a")
+            await gate.release()
+        assert first_a.ok

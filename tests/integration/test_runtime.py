@@ -47,9 +47,11 @@ class Gate:
         self.conns: list[trio.socket.SocketType] = []
         self.arrived = trio.Condition()
 
-    async def serve(self) -> None:
+    async def bind(self) -> None:
         await self.listener.bind(self.path)
         self.listener.listen(64)
+
+    async def serve(self) -> None:
         while True:
             conn, _ = await self.listener.accept()
             await conn.recv(2)
@@ -72,6 +74,7 @@ class Gate:
 @asynccontextmanager
 async def open_gate(tmp_path: Path) -> AsyncIterator[Gate]:
     gate = Gate(str(tmp_path / "gate.sock"))
+    await gate.bind()  # before any handler can try to connect
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gate.serve)
         yield gate
