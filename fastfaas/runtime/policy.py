@@ -227,12 +227,12 @@ class SpareSizer:
 
     Every start that needed a new instance (a spare taken, or a fork on the
     request path) is noted. The target is the base (1, or `prewarm`) plus
-    `factor` times the new instances needed in the last `window_s`, up to
+    `factor` (1) times the new instances needed in the last `window_s`, up to
     `max_spares`: a function whose concurrency is rising keeps spares ahead
     of it; a steady one falls back to the base as the window empties.
     """
 
-    def __init__(self, window_s: float = 5.0, factor: float = 0.5,
+    def __init__(self, window_s: float = 5.0, factor: float = 1.0,
                  max_spares: int = 16) -> None:
         self.window_s = window_s
         self.factor = factor
