@@ -174,6 +174,7 @@ class CgroupSet:
     oom_fd: int = -1
     oom_version: int = 1
     memory_mb: int | None = None  # the size it was last given
+    usage_path: str | None = None  # its memory usage file, once looked up
     oom_seen: int = 0
 
     def dir_for(self, controller: str) -> Path | None:
@@ -433,16 +434,28 @@ class Cgroups:
         return peak, cpu, pids
 
     def memory_usage(self, cg: CgroupSet) -> int:
-        """The memory cgroup's usage now (bytes), 0 if it has none or is gone."""
-        d = cg.dir_for("memory")
-        if d is None:
-            return 0
-        version = 2 if (d / "memory.current").exists() else 1
-        path = d / ("memory.current" if version == 2 else "memory.usage_in_bytes")
+        """The memory cgroup's usage now (bytes), 0 if it has none or is gone.
+
+        Plain os calls on a path worked out once: this runs for every zygote
+        and instance, thousands of times a pass."""
+        path = cg.usage_path
+        if path is None:
+            for h, d in cg.dirs.items():
+                if "memory" in h.controllers:
+                    name = "memory.current" if h.version == 2 else "memory.usage_in_bytes"
+                    path = cg.usage_path = str(d / name)
+            if path is None:
+                return 0
         try:
-            return int(path.read_bytes())
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return 0
+        try:
+            return int(os.read(fd, 32))
         except (OSError, ValueError):
             return 0
+        finally:
+            os.close(fd)
 
     def oom_kills(self, cg: CgroupSet) -> int:
         if cg.oom_fd < 0:

@@ -62,6 +62,8 @@ MIN_TIMEOUT_S = 1.0  # the smallest timeout_s
 MAX_ROUTE_KEYS = 100_000  # affinity keys remembered per function version
 INFREQUENT_IDLE_S = 10.0  # idle instances of infrequent functions are reaped sooner
 MEMORY_MEASURE_S = 0.5
+MEMORY_MEASURE_SLOW_S = 2.0  # with more than 200 processes
+MEASURE_BATCH = 64  # reads between two checkpoints
 SPARES_MAX = 16  # policy.SpareSizer's default cap
 INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
 ZYGOTE_ESTIMATE = 32 * 1024 * 1024
@@ -778,25 +780,33 @@ class Runtime:
             self.counters["evicted_for_descriptors"] += 1
 
     async def _measure_memory(self) -> None:
-        """Every half second: the memory of every zygote and instance (their memory
-        cgroups; RSS without cgroups), and each function's instance size."""
+        """The memory of every zygote and instance (their memory cgroups; RSS without
+        cgroups), and each function's instance size: every 0.5 s, or every 2 s past
+        200 processes, yielding to the requests every 64 reads (a pass over 2,400
+        processes took 30% of the server when it ran in one go every 0.5 s)."""
         while True:
             total = 0
+            reads = 0
             for z in list(self._all_zygotes):
                 total += self._memory_of(z.cgroup, z.proc)
+                reads += 1
+                if reads % MEASURE_BATCH == 0:
+                    await trio.lowlevel.checkpoint()
             for fv in [*self._functions.values(), *self._draining]:
-                sizes = []
+                largest = 0
                 for inst in list(fv.instances.values()):
                     inst.memory = self._memory_of(inst.cgroup, inst.proc)
                     total += inst.memory
-                    if inst.memory:
-                        sizes.append(inst.memory)
-                if sizes:
-                    fv.instance_memory = max(sizes)
+                    largest = max(largest, inst.memory)
+                    reads += 1
+                    if reads % MEASURE_BATCH == 0:
+                        await trio.lowlevel.checkpoint()
+                if largest:
+                    fv.instance_memory = largest
             self._memory_used = total
             self._measured.set()
             self._measured = trio.Event()
-            await trio.sleep(MEMORY_MEASURE_S)
+            await trio.sleep(MEMORY_MEASURE_S if reads < 200 else MEMORY_MEASURE_SLOW_S)
 
     async def wait_memory_measured(self) -> int:
         """Until the next measurement of the memory in use has completed; returns it."""
