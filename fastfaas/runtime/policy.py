@@ -26,12 +26,15 @@ def reap_tick(timeouts: Iterable[float]) -> float:
 
 
 def expired_instances(
-    table: _native.InstanceTable, slot: int, now: float, idle_timeout_s: float
+    table: _native.InstanceTable, slot: int, now: float, idle_timeout_s: float,
+    limit: int | None = None,
 ) -> list[int]:
-    """Warm idle instances of a slot idle for idle_timeout_s or longer, now DRAINING."""
-    out = []
+    """Warm idle instances of a slot idle for idle_timeout_s or longer, now DRAINING;
+    at most `limit` (the oldest first): the rest wait for the next look."""
+    out: list[int] = []
     cutoff = now - idle_timeout_s
-    while (inst := table.pop_expired(slot, _native.KIND_WARM, cutoff)) is not None:
+    while (limit is None or len(out) < limit) and (
+            inst := table.pop_expired(slot, _native.KIND_WARM, cutoff)) is not None:
         out.append(inst)
     return out
 

@@ -64,6 +64,7 @@ INFREQUENT_IDLE_S = 10.0  # idle instances of infrequent functions are reaped so
 MEMORY_MEASURE_S = 0.5
 MEMORY_MEASURE_SLOW_S = 2.0  # with more than 200 processes
 MEASURE_BATCH = 64  # reads between two checkpoints
+REAP_PER_TICK = 16  # idle instances reaped per look of the reaper, at most
 SPARES_MAX = 16  # policy.SpareSizer's default cap
 INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
 ZYGOTE_ESTIMATE = 32 * 1024 * 1024
@@ -1517,6 +1518,7 @@ class Runtime:
             with trio.move_on_after(tick):
                 await self._reap_lot.park()  # a deploy with shorter timeouts wakes it early
             now = trio.current_time()
+            budget = REAP_PER_TICK  # a mass expiry is spread over several looks
             for fv in [*self._functions.values(), *self._draining]:
                 if fv.slot_released:
                     continue
@@ -1527,7 +1529,10 @@ class Runtime:
                         while (tid := self.table.pop_expired(fv.slot, _native.KIND_SPARE,
                                                              math.inf)) is not None:
                             self._retire(fv.instances[tid])
-                for tid in policy.expired_instances(self.table, fv.slot, now, idle_timeout):
+                expired = policy.expired_instances(self.table, fv.slot, now, idle_timeout,
+                                                   limit=max(0, budget))
+                budget -= len(expired)
+                for tid in expired:
                     self.counters["instances_reaped"] += 1
                     self._retire(fv.instances[tid])
                 if fv.zygote is not None and fv.claiming is None and policy.zygote_expired(
