@@ -132,6 +132,14 @@ def deploy_population(api: Api, prefix: str, count: int, *, memory_mb: int, mode
 # --- servers started by the harness ----------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the server's child, before exec: SIGTERM it (a graceful stop) if the
+    harness dies, even by SIGTERM or SIGKILL, when no `finally` of ours runs."""
+    from fastfaas import _native
+
+    _native.set_pdeathsig(signal.SIGTERM)
+
+
 class ServerProcess:
     """A server subprocess that prints `... listening on http://HOST:PORT` when ready."""
 
@@ -141,7 +149,7 @@ class ServerProcess:
         self._log = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._log,
                                      cwd=cwd, env={**os.environ, **(env or {})},
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None
         try:
             line = self.proc.stdout.readline().decode(errors="replace")
