@@ -46,7 +46,7 @@ async def main(n: int) -> None:
             fv = rt._functions["small"]
             with trio.fail_after(600):
                 while rt.statistics()["functions"]["small"]["instances"]["spare"] < n:
-                    await trio.sleep(0.05)
+                    await rt.wait_changed()
             elapsed = time.perf_counter() - t0
             await rt.wait_memory_measured()
             instances = [i for i in fv.instances.values() if i.proc is not None]

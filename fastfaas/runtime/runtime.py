@@ -184,6 +184,7 @@ class Runtime:
                               else int(_machine_memory() * 0.8))
         self._memory_used = 0
         self._measured = trio.Event()
+        self._changed = trio.Event()
         self._max_instances = 1_000_000  # from RLIMIT_NOFILE once entered
         self._now: Callable[[], float] = time.monotonic  # trio's clock once entered
         self.python = python
@@ -683,6 +684,7 @@ class Runtime:
             return None, "fallback"
         waiter = _Waiter()
         inst.waiters.append(waiter)
+        self._notify()
         try:
             with trio.move_on_after(self.affinity_wait_s):
                 await waiter.event.wait()
@@ -716,6 +718,7 @@ class Runtime:
         inst.spare = spare
         self.table.set_state(inst.table_id, _native.STATE_IDLE,
                              _native.KIND_SPARE if spare else _native.KIND_WARM, now)
+        self._notify()
 
     # --- memory budget -------------------------------------------------------------
 
@@ -808,6 +811,16 @@ class Runtime:
             self._measured.set()
             self._measured = trio.Event()
             await trio.sleep(MEMORY_MEASURE_S if reads < 200 else MEMORY_MEASURE_SLOW_S)
+
+    def _notify(self) -> None:
+        """Something observable changed (an instance's state, a function's class)."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Until the next change of an instance's state or a function's class, or
+        a reaper pass: for callers that watch `statistics()` (tests, tools)."""
+        await self._changed.wait()
 
     async def wait_memory_measured(self) -> int:
         """Until the next measurement of the memory in use has completed; returns it."""
@@ -1243,6 +1256,7 @@ class Runtime:
         if inst.table_id < 0:
             return
         inst.dead = True
+        self._notify()
         for waiter in inst.waiters:  # calls waiting for it by key: serve them elsewhere
             waiter.event.set()
         inst.waiters.clear()
@@ -1545,6 +1559,7 @@ class Runtime:
                     self._stop_zygote(fv)
                 if fv.retired:
                     self._maybe_finish_draining(fv)
+            self._notify()  # classes may have changed, instances expired
 
     # --- observability -----------------------------------------------------------
 

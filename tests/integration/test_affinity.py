@@ -83,7 +83,7 @@ async def wait_waiting(rt: fastfaas.Runtime, name: str, n: int) -> None:
     fv = rt._functions[name]
     with trio.fail_after(10):
         while sum(len(i.waiters) for i in fv.instances.values()) < n:
-            await trio.sleep(0.005)
+            await rt.wait_changed()
 
 
 async def test_a_wait_is_bounded(tmp_path: Path, make_function, cgroups_mode) -> None:

@@ -39,7 +39,8 @@ def deploy(client: httpx.Client, name: str, source: str, **config: object) -> ht
 
 
 async def wait_busy(client: httpx.AsyncClient, name: str, busy: int) -> None:
-    """The server's own state, polled (bounded) until `busy` calls are in flight."""
+    """The server's own state, polled (bounded) until `busy` calls are in flight:
+    across HTTP there is no event to wait on."""
     with trio.fail_after(30):
         while True:
             r = await client.get(f"/v1/functions/{name}")
@@ -175,7 +176,7 @@ async def test_one_zygote_holds_hundreds_of_idle_instances(tmp_path: Path, make_
                         handler="app.handler", prewarm=600)
         with trio.fail_after(120):
             while rt.statistics()["functions"]["many"]["instances"]["spare"] < 600:
-                await trio.sleep(0.05)
+                await rt.wait_changed()
         state = rt.statistics()["functions"]["many"]
         assert state["zygote"]["alive"]
         assert (await rt.invoke("many")).start == "prewarmed"

@@ -19,7 +19,7 @@ async def wait_class(rt: fastfaas.Runtime, name: str, klass: str) -> dict:
             state = rt.statistics()["functions"][name]
             if state["class"] == klass:
                 return state
-            await trio.sleep(0.02)
+            await rt.wait_changed()
 
 
 async def test_a_quiet_function_turns_infrequent_and_starts_queued(
@@ -34,7 +34,7 @@ async def test_a_quiet_function_turns_infrequent_and_starts_queued(
         state = await wait_class(rt, "tail", "infrequent")
         with trio.fail_after(20):  # the reaper drops its spares and its idle instance
             while state["instances"]["spare"] or state["instances"]["warm"]:
-                await trio.sleep(0.02)
+                await rt.wait_changed()
                 state = rt.statistics()["functions"]["tail"]
         assert state["spare_target"] == 0
         again = await rt.invoke("tail", {})
