@@ -238,8 +238,7 @@ def main() -> None:
                        f"capacity-{datetime.date.today()}-{results['commit']}.json")
     if args.quick and args.out is None:
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=str))
+    report.write_json(results, out)
     print(f"wrote {out}")
 
 

@@ -174,8 +174,10 @@ def document(name: str, runs: dict[str, tuple[Plan | None, Stats]],
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
+    """Compact JSON: the raw histograms of a long run make an indented file several
+    MB (`python -m json.tool FILE` reads it indented)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(doc), indent=1))
+    path.write_bytes(msgspec.json.encode(doc) + b"\n")
 
 
 def plot(runs: dict[str, Stats], path: Path) -> bool:
