@@ -225,6 +225,29 @@ class ConcurrencyLimits:
                 "in_flight": sum(self._in_flight.values())}
 
 
+class RecentEvents:
+    """The times of recent events in a sliding window of `window_s`, at most `most`
+    of them (the oldest go first under a flood: bounded memory)."""
+
+    def __init__(self, window_s: float, most: int) -> None:
+        self.window_s = window_s
+        self._times: collections.deque[float] = collections.deque(maxlen=most)
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def note(self, now: float) -> None:
+        self._times.append(now)
+
+    def count(self, now: float) -> int:
+        """Events in (now - window_s, now]."""
+        cutoff = now - self.window_s
+        times = self._times
+        while times and times[0] <= cutoff:
+            times.popleft()
+        return len(times)
+
+
 class SpareSizer:
     """How many spares one function keeps, from its recent demand for new instances.
 
@@ -237,25 +260,15 @@ class SpareSizer:
 
     def __init__(self, window_s: float = 5.0, factor: float = 1.0,
                  max_spares: int = 16) -> None:
-        self.window_s = window_s
         self.factor = factor
         self.max_spares = max_spares
-        self._needs: collections.deque[float] = collections.deque()
+        self._needs = RecentEvents(window_s, math.ceil(4 * max_spares / max(factor, 1e-9)))
 
     def note_new_instance(self, now: float) -> None:
-        self._needs.append(now)
-        self._expire(now)
-
-    def _expire(self, now: float) -> None:
-        cutoff = now - self.window_s
-        while self._needs and self._needs[0] <= cutoff:
-            self._needs.popleft()
-        while len(self._needs) > 4 * self.max_spares / max(self.factor, 1e-9):
-            self._needs.popleft()  # bounded memory under a flood
+        self._needs.note(now)
 
     def target(self, now: float, base: int) -> int:
-        self._expire(now)
-        extra = math.ceil(len(self._needs) * self.factor)
+        extra = math.ceil(self._needs.count(now) * self.factor)
         return max(base, min(self.max_spares, base + extra))
 
 
@@ -276,22 +289,18 @@ class PoolSizer:
             raise ValueError("shrink_at must be below grow_at")
         self.minimum = minimum
         self.maximum = maximum
-        self.window_s = window_s
         self.grow_at = grow_at
         self.shrink_at = shrink_at
         self.step_s = step_s
         self.current = minimum
-        self._claims: collections.deque[float] = collections.deque()
+        self._claims = RecentEvents(window_s, 100_000)  # a claim costs milliseconds
         self._last_step = -math.inf
 
     def note_claim(self, now: float) -> None:
-        self._claims.append(now)
+        self._claims.note(now)
 
     def recent_claims(self, now: float) -> int:
-        cutoff = now - self.window_s
-        while self._claims and self._claims[0] <= cutoff:
-            self._claims.popleft()
-        return len(self._claims)
+        return self._claims.count(now)
 
     def target(self, now: float) -> int:
         claims = self.recent_claims(now)
@@ -329,24 +338,20 @@ class FrequencyClass:
         self.burst_in_flight = burst_in_flight
         self.frequent = frequent
         self._since = since
-        self._calls: collections.deque[float] = collections.deque(
-            maxlen=max(8, math.ceil(4 * promote_per_s * window_s)))
+        self._calls = RecentEvents(window_s, max(8, math.ceil(4 * promote_per_s * window_s)))
 
     def rate(self, now: float) -> float:
-        cutoff = now - self.window_s
-        while self._calls and self._calls[0] <= cutoff:
-            self._calls.popleft()
-        return len(self._calls) / self.window_s
+        return self._calls.count(now) / self.window_s
 
     def note_call(self, now: float, in_flight: int) -> bool:
         """A call arrives with `in_flight` calls of the function running (itself
         included); returns whether the function is frequent now."""
-        self._calls.append(now)
+        self._calls.note(now)
         return self.update(now, in_flight)
 
     def update(self, now: float, in_flight: int) -> bool:
-        rate = self.rate(now)
-        calls = len(self._calls)
+        calls = self._calls.count(now)
+        rate = calls / self.window_s
         if not self.frequent:
             # At least two calls: one call in a short window is no rate.
             if (calls >= max(2, self.promote_per_s * self.window_s)

@@ -735,13 +735,7 @@ class Runtime:
         over = self._memory_used + need - self.memory_budget
         if over <= 0:
             return
-        candidates = [
-            policy.Candidate(inst, other.name, inst.spare, inst.idle_since,
-                             inst.memory or other.instance_memory)
-            for other in self._functions.values() if other.name != fv.name
-            for inst in other.instances.values()
-            if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE]
-        chosen = policy.eviction_order(candidates, need=over, protect=fv.name)
+        chosen = self._evict_idle(fv, over, by_memory=True)
         if not chosen:
             self.counters["memory_refusals"] += 1
             mb = 1024 * 1024
@@ -751,9 +745,6 @@ class Runtime:
                 f" busy or cannot be evicted, and {fv.name} needs ~{need // mb} MB more;"
                 " retry later, or raise the budget (--memory-budget-mb)")
         for c in chosen:
-            inst = c.key
-            self.table.set_state(inst.table_id, _native.STATE_DRAINING)
-            self._retire(inst)
             self._memory_used -= c.memory
             self.counters["evicted_spares" if c.spare else "evicted_instances"] += 1
 
@@ -761,27 +752,38 @@ class Runtime:
         """Each live instance holds ~6 descriptors in the server (socket, pidfd,
         four cgroup files): past what RLIMIT_NOFILE allows, evict idle instances
         of other functions (least recently used first) or refuse."""
-        live = sum(len(f.instances) for f in [*self._functions.values(), *self._draining])
+        live = self._live_instances()
         over = live + 1 - self._max_instances
         if over <= 0:
             return
-        candidates = [
-            policy.Candidate(inst, other.name, inst.spare, inst.idle_since, 1)
-            for other in self._functions.values() if other.name != fv.name
-            for inst in other.instances.values()
-            if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE]
-        chosen = policy.eviction_order(candidates, need=over, protect=fv.name)
+        chosen = self._evict_idle(fv, over, by_memory=False)
         if not chosen:
             self.counters["descriptor_refusals"] += 1
             raise TooManyRequestsError(
                 f"the server holds {live} instances, all it can with its RLIMIT_NOFILE"
                 f" ({self._max_instances} at ~{FDS_PER_INSTANCE} descriptors each), and none"
                 " is idle to make room; retry later, or raise the limit")
+        self.counters["evicted_for_descriptors"] += len(chosen)
+
+    def _evict_idle(self, fv: FunctionVersion, need: int, *,
+                    by_memory: bool) -> list[policy.Candidate]:
+        """Evict idle instances of functions other than `fv`, least recently used
+        first, then spares, worth `need` (bytes, or instances); nothing and []
+        if even all of them would not do."""
+        candidates = [
+            policy.Candidate(inst, other.name, inst.spare, inst.idle_since,
+                             (inst.memory or other.instance_memory) if by_memory else 1)
+            for other in self._functions.values() if other.name != fv.name
+            for inst in other.instances.values()
+            if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE]
+        chosen = policy.eviction_order(candidates, need=need, protect=fv.name)
         for c in chosen:
-            inst = c.key
-            self.table.set_state(inst.table_id, _native.STATE_DRAINING)
-            self._retire(inst)
-            self.counters["evicted_for_descriptors"] += 1
+            self.table.set_state(c.key.table_id, _native.STATE_DRAINING)
+            self._retire(c.key)
+        return chosen
+
+    def _live_instances(self) -> int:
+        return sum(len(f.instances) for f in [*self._functions.values(), *self._draining])
 
     async def _measure_memory(self) -> None:
         """The memory of every zygote and instance (their memory cgroups; RSS without
@@ -1351,8 +1353,7 @@ class Runtime:
                 if self._memory_used + fv.instance_memory > self.memory_budget:
                     self.counters["spares_skipped_for_memory"] += 1
                     return  # spares never evict anything
-                live = sum(len(f.instances) for f in self._functions.values())
-                if live >= self._max_instances:
+                if self._live_instances() >= self._max_instances:
                     self.counters["spares_skipped_for_descriptors"] += 1
                     return
                 fv.spawning_spares += 1
@@ -1604,9 +1605,7 @@ class Runtime:
             "zygotes": len(self._all_zygotes),
             "concurrency": self.limits.statistics(),
             "memory": {"used_bytes": self._memory_used, "budget_bytes": self.memory_budget},
-            "instances": {"live": sum(len(f.instances) for f in
-                                      [*self._functions.values(), *self._draining]),
-                          "max": self._max_instances},
+            "instances": {"live": self._live_instances(), "max": self._max_instances},
             "functions": {name: self._fv_state(fv) for name, fv in self._functions.items()},
             "draining": [self._fv_state(fv) | {"name": fv.name} for fv in self._draining],
             "counters": dict(self.counters),
