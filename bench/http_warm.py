@@ -48,9 +48,7 @@ import importlib.metadata
 import importlib.util
 import io
 import json
-import math
 import os
-import platform
 import re
 import selectors
 import shutil
@@ -65,6 +63,9 @@ import time
 import zipfile
 from pathlib import Path
 from typing import IO, Any
+
+import _common
+from _common import BenchError, log, ms, nearest_rank, summary
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -132,44 +133,7 @@ QUICK = Params(rounds=2, duration_s=1, warmup_s=1, connections=32, threads=2,
                requests=2_000, warmup_requests=200, block_warmup=50, blocks=2,
                memory_mb=MEMORY_MB)
 
-_t_start = time.perf_counter()
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-# --- statistics -------------------------------------------------------------------------
-
-
-def nearest_rank(sorted_values: list[int], p: float) -> int:
-    """The p-th percentile by nearest rank: the smallest value with >= p% at or below it."""
-    k = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[k - 1]
-
-
-def ms(ns: float) -> float:
-    return round(ns / 1e6, 4)
-
-
-def latency_summary(samples_ns: list[int]) -> dict[str, Any]:
-    if not samples_ns:
-        raise BenchError("no latency samples")
-    s = sorted(samples_ns)
-    return {
-        "n": len(s),
-        "p50_ms": ms(nearest_rank(s, 50)),
-        "p90_ms": ms(nearest_rank(s, 90)),
-        "p99_ms": ms(nearest_rank(s, 99)),
-        "p999_ms": ms(nearest_rank(s, 99.9)),
-        "max_ms": ms(s[-1]),
-        "min_ms": ms(s[0]),
-        "mean_ms": ms(sum(s) / len(s)),
-    }
+latency_summary = summary
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -634,20 +598,7 @@ def bench_latency(servers: dict[str, Server], p: Params) -> dict[str, Any]:
 # --- the report ------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    return None
-
-
 def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     versions: dict[str, str | None] = {}
     for dist in ("uvicorn", "uvloop", "httptools", "trio", "msgspec"):
         try:
@@ -657,20 +608,7 @@ def machine_info() -> dict[str, Any]:
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     versions["wrk"] = (wrk.stdout + wrk.stderr).splitlines()[0] if wrk.stdout + wrk.stderr \
         else None
-    status = _git("status", "--porcelain", "--", "fastfaas", "csrc")
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "python_executable": sys.executable,
-        "uid": os.getuid(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "fastfaas_commit": _git("rev-parse", "HEAD"),
-        "fastfaas_uncommitted_changes": bool(status) if status is not None else None,
-        "versions": versions,
-    }
+    return {**_common.machine_info(), "uid": os.getuid(), "versions": versions}
 
 
 def targets(throughput: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
@@ -746,7 +684,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def default_out(began: datetime.datetime) -> Path:
-    sha = _git("rev-parse", "--short", "HEAD") or "nogit"
+    sha = _common.git("rev-parse", "--short", "HEAD") or "nogit"
     return RESULTS / f"http-warm-{began:%Y-%m-%d}-{sha}.json"
 
 
@@ -822,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench/http_warm.py",
         "date_utc": began.isoformat(timespec="seconds"),
         "quick": args.quick,
-        "elapsed_s": round(time.perf_counter() - _t_start, 1),
+        "elapsed_s": _common.elapsed_s(),
         "machine": machine,
         "params": dataclasses.asdict(params) | {"memory_mb_why": (
             "1769 MB = one full vCPU under fastfaas's CPU-quota rule, so the instance "

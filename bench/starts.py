@@ -48,7 +48,6 @@ import math
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -58,7 +57,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import _common
 import trio
+from _common import BenchError, log, ms, nearest_rank, summary
 
 from fastfaas import _native, errors
 from fastfaas.runtime.runtime import Runtime  # the runtime code is loaded now, not mid-run
@@ -129,45 +130,6 @@ QUICK = {
 TARGETS_MS = {"warm_p50": 0.1, "prewarmed_p50": 0.1, "forked_p50": 1.5, "forked_p99": 4.0}
 FORKED_VS_SPAWN_MIN = 10.0
 TIMEOUT_LATE_MAX_MS = 100.0
-
-_t_start = time.perf_counter()
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-# --- statistics -------------------------------------------------------------------
-
-
-def nearest_rank(sorted_values: list[int], p: float) -> int:
-    """The p-th percentile by nearest rank: the smallest value with >= p% at or below it."""
-    k = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[k - 1]
-
-
-def ms(ns: float) -> float:
-    return round(ns / 1e6, 4)
-
-
-def summary(samples_ns: list[int]) -> dict[str, Any]:
-    if not samples_ns:
-        raise BenchError("no samples")
-    s = sorted(samples_ns)
-    return {
-        "n": len(s),
-        "p50_ms": ms(nearest_rank(s, 50)),
-        "p99_ms": ms(nearest_rank(s, 99)),
-        "mean_ms": ms(sum(s) / len(s)),
-        "min_ms": ms(s[0]),
-        "p90_ms": ms(nearest_rank(s, 90)),
-        "max_ms": ms(s[-1]),
-    }
-
 
 def ratio(a: float, b: float) -> float | None:
     return round(a / b, 2) if b else None
@@ -590,7 +552,6 @@ async def bench_handler(rt: Runtime, cold_rt: Runtime, kind: str, counts: dict[s
 
     def refill_now() -> None:
         rt.warm_pool_size = pool_target
-        rt._pool_lot.unpark_all()
 
     async def to_cold() -> None:
         await deploy(cold_rt, cold_name, kind)
@@ -644,7 +605,7 @@ async def bench_fastfaas(counts: dict[str, int], data_dir: Path) -> dict[str, An
     floors = [IpcFloor(direct=False), IpcFloor(direct=True)]
 
     main_cfg = {"warm_pool_size": 2, "spares": 1, "cgroups": "auto"}
-    cold_cfg = {"warm_pool_size": 0, "spares": 1, "cgroups": "auto"}
+    cold_cfg = {"warm_pool_size": 0, "warm_pool_max": 0, "spares": 1, "cgroups": "auto"}
     out["runtimes"] = {"warm/prewarmed/forked/claimed/timeout": main_cfg, "cold": cold_cfg}
     async with (
         Runtime(data_dir=data_dir / "main", **main_cfg) as rt,  # type: ignore[arg-type]
@@ -673,32 +634,9 @@ async def bench_fastfaas(counts: dict[str, int], data_dir: Path) -> dict[str, An
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    commit = dirty = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(
-            ["git", "status", "--porcelain", "--", "fastfaas", "csrc"], cwd=REPO,
-            capture_output=True, text=True, check=True).stdout.strip())
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "python_executable": sys.executable,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "fastfaas_commit": commit,
-        "fastfaas_uncommitted_changes": dirty,
-        "env": {k: os.environ[k] for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")
-                if k in os.environ},
-    }
+    return {**_common.machine_info(),
+            "env": {k: os.environ[k] for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")
+                    if k in os.environ}}
 
 
 def targets(starts: dict[str, Any], baselines: dict[str, Any],
@@ -835,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets(starts, baselines, ff["timeout"]),
         "runtime_counters": ff["counters"],
     }
-    report["elapsed_s"] = round(time.perf_counter() - _t_start, 1)
+    report["elapsed_s"] = _common.elapsed_s()
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:

@@ -233,7 +233,7 @@ class HttpServer:
                     error = exc
                 interim = parser.data_to_send()
                 if interim and error is None:
-                    await _send_all(sock, interim)
+                    await send_all(sock, interim)
                 continue
             conn.idle = False
             conn.deadline = math.inf  # the app's time is not the client's
@@ -249,7 +249,7 @@ class HttpServer:
             keep_alive = request.keep_alive and not self.closing
             conn.writing = True  # a client that does not read is timed out, not answered
             conn.deadline = self._now() + limits.body_timeout_s
-            await _send_all(sock, encode_response(response.status, response.headers,
+            await send_all(sock, encode_response(response.status, response.headers,
                                                   response.body, keep_alive,
                                                   head=request.method == b"HEAD"))
             conn.writing = False
@@ -265,11 +265,11 @@ class HttpServer:
                           message: str) -> None:
         response = error_response(status, code, message)
         with contextlib.suppress(OSError), trio.move_on_after(5):
-            await _send_all(sock, encode_response(status, response.headers, response.body,
+            await send_all(sock, encode_response(status, response.headers, response.body,
                                                   keep_alive=False))
 
 
-async def _send_all(sock: socket.socket, data: bytes) -> None:
+async def send_all(sock: socket.socket, data: bytes) -> None:
     """Send everything; waits in trio only when the socket buffer is full."""
     view = memoryview(data)
     while view:

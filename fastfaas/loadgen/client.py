@@ -16,6 +16,8 @@ from typing import Final
 import httptools
 import trio
 
+from fastfaas.http.server import send_all
+
 RECEIVE_BYTES: Final = 256 * 1024
 
 
@@ -125,15 +127,8 @@ class Connection:
             trio.ClosedResourceError: close() was called meanwhile (a timeout).
         """
         sock = self.sock
-        view = memoryview(data)
         try:
-            while view:
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                    continue
-                view = view[sent:]
+            await send_all(sock, data)
         except _PEER_CLOSED as exc:
             self.close()
             raise ConnectionClosed(f"sending failed: {exc}", before_response=True) from None

@@ -169,7 +169,6 @@ class Runtime:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
         self.data_dir = Path(data_dir).resolve()
         self.cgroups = Cgroups(cgroups)
-        self.warm_pool_size = warm_pool_size
         self._pool_sizer = policy.PoolSizer(
             warm_pool_size, max(8, warm_pool_size) if warm_pool_max is None else warm_pool_max)
         self.spares = spares
@@ -222,6 +221,20 @@ class Runtime:
         self._closing = False
         self._procs_at_close: list[Process] = []
         self.counters: collections.Counter[str] = collections.Counter()
+
+    @property
+    def warm_pool_size(self) -> int:
+        """The warming pool's target now (it follows the rate of claims)."""
+        return self._pool_sizer.current
+
+    @warm_pool_size.setter
+    def warm_pool_size(self, size: int) -> None:
+        """Set the pool's target, and its floor, to `size` (0: no refills until
+        claims call for them)."""
+        sizer = self._pool_sizer
+        sizer.minimum = sizer.current = size
+        sizer.maximum = max(sizer.maximum, size)
+        self._pool_lot.unpark_all()
 
     # --- lifecycle -----------------------------------------------------------
 

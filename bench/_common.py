@@ -1,0 +1,89 @@
+"""What the benchmark scripts share: logging, nearest-rank statistics, machine facts.
+
+Imported as `_common` by scripts run as `python bench/NAME.py` (their folder is
+first on sys.path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+_t_start = time.perf_counter()
+
+
+class BenchError(Exception):
+    pass
+
+
+def elapsed_s() -> float:
+    """Seconds since the benchmark started (this module's import)."""
+    return round(time.perf_counter() - _t_start, 1)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def nearest_rank(sorted_values: list[int], p: float) -> int:
+    """The p-th percentile by nearest rank: the smallest value with >= p% at or below it."""
+    k = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[k - 1]
+
+
+def ms(ns: float) -> float:
+    return round(ns / 1e6, 4)
+
+
+def summary(samples_ns: list[int]) -> dict[str, Any]:
+    """Count, p50/p90/p99/p99.9, min, max and mean of nanosecond samples, in ms."""
+    if not samples_ns:
+        raise BenchError("no samples")
+    s = sorted(samples_ns)
+    return {
+        "n": len(s),
+        "p50_ms": ms(nearest_rank(s, 50)),
+        "p90_ms": ms(nearest_rank(s, 90)),
+        "p99_ms": ms(nearest_rank(s, 99)),
+        "p999_ms": ms(nearest_rank(s, 99.9)),
+        "max_ms": ms(s[-1]),
+        "min_ms": ms(s[0]),
+        "mean_ms": ms(sum(s) / len(s)),
+    }
+
+
+def git(*args: str) -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and the code a run measured (scripts add their own facts)."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    status = git("status", "--porcelain", "--", "fastfaas", "csrc")
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "python_executable": sys.executable,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "fastfaas_commit": git("rev-parse", "HEAD"),
+        "fastfaas_uncommitted_changes": bool(status) if status is not None else None,
+    }
