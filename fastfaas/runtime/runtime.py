@@ -656,25 +656,19 @@ class Runtime:
             if start != "warm":  # a new instance was needed: replace it now, size for more
                 fv.sizer.note_new_instance(self._now())
                 self._want_spares(fv)
-            if route_key is None and route == "direct":
-                return await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
-            if route_key is None:
-                result = await self._run(fv, inst, start, request_id, invocation, cpu_base,
-                                         sent)
-                return msgspec.structs.replace(result, route=route)
             # A new key (or one whose instance died) is this instance's from now, and a
             # call with it meanwhile waits for it; a call that left a busy instance
             # does not take the key from it (that instance holds the key's state).
-            if route_key not in fv.routes:
+            if route_key is not None and route_key not in fv.routes:
                 self._remember_route(fv, route_key, inst)
             result = await self._run(fv, inst, start, request_id, invocation, cpu_base, sent)
+            if route_key is None and route == "direct":
+                return result
             return msgspec.structs.replace(result, affinity=affinity, route=route)
         finally:
             fv.in_flight -= 1
             self._running -= 1
             fv.last_used = self._now()
-            if start != "warm":  # replace the spare taken, after this call, not during it
-                self._want_spares(fv)
             if fv.retired:
                 self._maybe_finish_draining(fv)
 
@@ -1038,11 +1032,12 @@ class Runtime:
         if claimed.threads > 1:
             print(f"fastfaas: {fv.name}: its import started {claimed.threads - 1} thread(s); "
                   "threads do not survive the fork into instances", file=sys.stderr)
-        if cg is not None:  # the import is done: room for its instances' kernel memory
-            children = self.limits.limit + cfg.prewarm + SPARES_MAX
+        if cg is not None:
+            # The import is done: room for its instances' kernel memory. Two cgroup
+            # writes, done here: a thread hop would cost more than they do.
             try:
-                await trio.to_thread.run_sync(self.cgroups.room_for_children, cg,
-                                              cfg.memory_mb, children)
+                self.cgroups.room_for_children(cg, cfg.memory_mb,
+                                               self.limits.limit + cfg.prewarm + SPARES_MAX)
             except CgroupError as exc:
                 print(f"fastfaas: {fv.name}: {exc}", file=sys.stderr)
         return None
