@@ -13,7 +13,8 @@ if not sys.platform.startswith("linux"):
 
 native = Extension(
     "fastfaas._native",
-    sources=["csrc/_native.pyx", "csrc/ff_table.c", "csrc/ff_spawn.c", "csrc/ff_cgroup.c"],
+    sources=["csrc/_native.pyx", "csrc/ff_table.c", "csrc/ff_spawn.c", "csrc/ff_cgroup.c",
+             "csrc/ff_sandbox.c"],
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )

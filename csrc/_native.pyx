@@ -112,6 +112,93 @@ def set_dumpable(bint on):
         raise _oserror(errno, "prctl(PR_SET_DUMPABLE)")
 
 
+# ---- the strict sandbox (csrc/ff_sandbox.c): kernel calls, no policy ----
+
+cdef extern from "sched.h":
+    int CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET
+    int CLONE_NEWCGROUP
+
+cdef extern from "sys/mount.h":
+    unsigned long MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC
+    unsigned long MS_PRIVATE
+
+NEWNS = CLONE_NEWNS
+NEWUTS = CLONE_NEWUTS
+NEWIPC = CLONE_NEWIPC
+NEWUSER = CLONE_NEWUSER
+NEWPID = CLONE_NEWPID
+NEWNET = CLONE_NEWNET
+NEWCGROUP = CLONE_NEWCGROUP
+CLONE_NS_FLAGS = ff_clone_ns_flags
+RDONLY = MS_RDONLY
+NOSUID = MS_NOSUID
+NODEV = MS_NODEV
+NOEXEC = MS_NOEXEC
+REMOUNT = MS_REMOUNT
+BIND = MS_BIND
+REC = MS_REC
+PRIVATE = MS_PRIVATE
+
+
+def unshare(int flags):
+    """unshare(2) (os.unshare arrived in Python 3.12)."""
+    cdef int rc = ff_unshare(flags)
+    if rc < 0:
+        raise _oserror(-rc, f"unshare({flags:#x})")
+
+
+def setns(int fd, int nstype):
+    cdef int rc = ff_setns(fd, nstype)
+    if rc < 0:
+        raise _oserror(-rc, f"setns({fd}, {nstype:#x})")
+
+
+def mount(source, str target, fstype=None, unsigned long flags=0, data=None):
+    """mount(2). source, fstype and data may be None."""
+    cdef bytes s = os.fsencode(source) if source is not None else None
+    cdef bytes t = os.fsencode(target)
+    cdef bytes f = fstype.encode() if fstype is not None else None
+    cdef bytes d = data.encode() if data is not None else None
+    cdef int rc = ff_mount(<const char *>s if s is not None else NULL, t,
+                           <const char *>f if f is not None else NULL, flags,
+                           <const char *>d if d is not None else NULL)
+    if rc < 0:
+        raise _oserror(-rc, f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x}, {data!r})")
+
+
+def enter_user_namespace(unsigned int inside_uid, unsigned int outside_uid,
+                         unsigned int inside_gid, unsigned int outside_gid):
+    """A new user namespace where the caller (root outside) is inside_uid:inside_gid."""
+    cdef int rc = ff_enter_userns(inside_uid, outside_uid, inside_gid, outside_gid)
+    if rc < 0:
+        raise _oserror(-rc, "entering a user namespace")
+
+
+def drop_capabilities():
+    """Every capability set emptied (the bounding set too), no_new_privs set."""
+    cdef int rc = ff_drop_capabilities()
+    if rc < 0:
+        raise _oserror(-rc, "dropping capabilities")
+
+
+def loopback_up():
+    cdef int rc = ff_loopback_up()
+    if rc < 0:
+        raise _oserror(-rc, "bringing up lo")
+
+
+def seccomp_install():
+    """Install fastfaas's seccomp filter on the calling process (needs no_new_privs)."""
+    cdef int rc = ff_seccomp_install()
+    if rc < 0:
+        raise _oserror(-rc, "installing the seccomp filter")
+
+
+def seccomp_length():
+    """Instructions in the filter (it is built once, before any fork uses it)."""
+    return ff_seccomp_length()
+
+
 def cpu_quota_us(int64_t memory_mb, int64_t period_us, int64_t ncpus):
     """CPU quota per period for a memory size: 1769 MB = one vCPU, >= 1 ms, <= ncpus."""
     cdef int64_t q = ff_cpu_quota_us(memory_mb, period_us, ncpus)

@@ -56,3 +56,17 @@ cdef extern from "ff_cgroup.h":
     int ff_write_at0(int fd, const char *buf, int len) nogil
     int ff_read_i64(int fd, int64_t *out) nogil
     int ff_read_keyed_i64(int fd, const char *key, int64_t *out) nogil
+
+
+cdef extern from "ff_sandbox.h":
+    int ff_unshare(int flags)
+    int ff_setns(int fd, int nstype)
+    int ff_mount(const char *source, const char *target, const char *fstype,
+                 unsigned long flags, const char *data)
+    int ff_enter_userns(unsigned int inside_uid, unsigned int outside_uid,
+                        unsigned int inside_gid, unsigned int outside_gid)
+    int ff_drop_capabilities()
+    int ff_loopback_up()
+    int ff_seccomp_install()
+    int ff_seccomp_length()
+    const unsigned long ff_clone_ns_flags

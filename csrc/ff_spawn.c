@@ -122,7 +122,10 @@ static int child_setup(const struct ff_spawn_opts *o, pid_t parent, int *step)
         if (prctl(PR_SET_PDEATHSIG, o->pdeathsig, 0, 0, 0) < 0)
             return -errno;
         *step = FF_STEP_PARENT_GONE;
-        if (getppid() != parent)
+        /* 0: the parent is outside this child's new PID namespace, where its
+         * pid has no number; the control socket's EOF covers that case. */
+        pid_t now = getppid();
+        if (now != parent && now != 0)
             return -ESRCH;
     }
     *step = FF_STEP_NONE;

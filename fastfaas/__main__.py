@@ -26,7 +26,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 _DEPLOY_FLAGS: dict[str, type] = {
     "memory_mb": int, "timeout_s": float, "description": str, "prewarm": int,
     "idle_timeout_s": float, "zygote_idle_timeout_s": float, "init_timeout_s": float,
-    "reserved_concurrency": int, "max_concurrency": int, "isolation": str,
+    "reserved_concurrency": int, "max_concurrency": int, "isolation": str, "tmp_mb": int,
 }
 
 
@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="idle connections close after this time (default 60)")
     s.add_argument("--cgroups", choices=("auto", "require", "off"), default="auto",
                    help="cgroups where writable (auto), or fail without (require), or rlimits")
+    s.add_argument("--isolation", choices=("none", "standard", "strict"), default=None,
+                   help="the functions' default isolation level (default: the strongest"
+                        " this machine allows: strict as root)")
+    s.add_argument("--sandbox-uid", type=int, default=65534,
+                   help="strict: the unprivileged uid and gid function code runs as, seen"
+                        " from the host (default 65534)")
     s.add_argument("--warm-pool-size", type=int, default=2,
                    help="generic zygotes forked ahead of need, at least (default 2)")
     s.add_argument("--warm-pool-max", type=int, default=8,
@@ -112,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="environment variable, repeatable")
     for field, kind in _DEPLOY_FLAGS.items():
         d.add_argument("--" + field.replace("_", "-"), dest=field, type=kind, default=None)
+    d.add_argument("--network", action="store_true", default=None,
+                   help="strict isolation: use the host's network (default: none)")
     d.add_argument("--no-warm", action="store_true", help="do not warm after deploying")
     d.set_defaults(run=_deploy)
 
@@ -177,6 +185,7 @@ def _serve(args: argparse.Namespace) -> None:
         warm_pool_size=args.warm_pool_size, async_concurrency=args.async_concurrency,
         concurrency_limit=args.concurrency_limit, warm_pool_max=args.warm_pool_max,
         affinity_wait_s=args.affinity_wait_s, memory_budget_mb=args.memory_budget_mb,
+        isolation=args.isolation, sandbox_uid=args.sandbox_uid,
         allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,
@@ -246,6 +255,8 @@ def _deploy(args: argparse.Namespace) -> None:
         value = getattr(args, field)
         if value is not None:
             params[field] = str(value)
+    if args.network:
+        params["network"] = "true"
     try:
         data = code_bytes(args.source)
     except FastfaasError as exc:

@@ -15,7 +15,8 @@ ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV: Final = ("AWS_LAMBDA_", "LAMBDA_TASK_ROOT", "_HANDLER")
 ISOLATION_LEVELS: Final = ("none", "standard", "strict")
 # What changes which zygote serves a function (code, handler, env, memory...).
-ZYGOTE_FIELDS: Final = ("handler", "memory_mb", "timeout_s", "env", "isolation", "network")
+ZYGOTE_FIELDS: Final = ("handler", "memory_mb", "timeout_s", "env", "isolation", "network",
+                        "tmp_mb")
 
 
 class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -34,6 +35,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
     init_timeout_s: float = 10
     isolation: str | None = None
     network: bool = False
+    tmp_mb: int = 512
     auto_size: bool = False
     escalate_on_oom: bool = False
     min_memory_mb: int | None = None
@@ -76,6 +78,11 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
                 raise bad(f"{name} {value} must be >= 0")
         if self.isolation is not None and self.isolation not in ISOLATION_LEVELS:
             raise bad(f"isolation {self.isolation!r} must be one of {', '.join(ISOLATION_LEVELS)}")
+        if self.network and self.isolation not in (None, "strict"):
+            raise bad(f"network applies to the strict level only (isolation {self.isolation!r}"
+                      " has the host's network)")
+        if not 1 <= self.tmp_mb <= 10240:
+            raise bad(f"tmp_mb {self.tmp_mb} must be between 1 and 10240")
         for key, value in self.env.items():
             if not ENV_KEY_RE.fullmatch(key):
                 raise bad(f"env name {key!r} is not a valid environment variable name")

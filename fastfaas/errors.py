@@ -71,6 +71,12 @@ class ZygoteError(FastfaasError, RuntimeError):
     code = "ServiceError"
 
 
+class IsolationError(FastfaasError, RuntimeError):
+    """The isolation level asked for is not available on this machine."""
+
+    code = "IsolationUnavailable"
+
+
 class CgroupError(FastfaasError, OSError):
     """A cgroup could not be created, sized or removed."""
 

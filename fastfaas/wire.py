@@ -42,10 +42,20 @@ class TemplateReady(_Msg):
     pid: int
 
 
+class Sandbox(msgspec.Struct, frozen=True):
+    """The strict level's namespaces and filesystem view for a generic zygote."""
+
+    data_dir: str  # hidden (tmpfs over it); code is reached through its code/ directory
+    network: bool  # the host's network namespace, or a new one with only loopback
+    uid: int  # the unprivileged ids outside the user namespace
+    gid: int
+
+
 class ForkZygote(_Msg):
     """fds: [the new zygote's end of its control socket]"""
 
     zygote_id: int
+    sandbox: Sandbox | None = None  # None: `none` or `standard`
 
 
 class ZygoteForked(_Msg):
@@ -76,6 +86,7 @@ class Claim(_Msg):
     timeout_s: float
     rlimits: list[tuple[int, int, int]]
     self_usage: bool = True  # no cgroups: the instance measures its own CPU and memory
+    tmp_mb: int = 512  # strict: the size of the zygote's own /tmp
 
 
 class Claimed(_Msg):

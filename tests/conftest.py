@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,12 @@ def _cgroups_writable() -> bool:
 
 
 CGROUPS_WRITABLE = _cgroups_writable()
+
+# The suite's runtimes and servers run at `standard` (the capacity tests hand
+# their functions sockets and files on the host); tests of the strict level
+# (test_sandbox.py) ask for it.
+os.environ["FASTFAAS_ISOLATION"] = (
+    "standard" if CGROUPS_WRITABLE or REQUIRE_CGROUPS else "none")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -98,13 +104,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _only_child(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        (child,) = (int(c) for c in f.read().split())
+    return child
+
+
 class ServerProcess:
     """`python -m fastfaas serve --port 0` in a subprocess, ready when it says so."""
 
     def __init__(self, data_dir: Path, cgroups_mode: str, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
-        cmd = [sys.executable, "-m", "fastfaas", "serve", "--port", "0", "--data-dir",
+        cmd = [*prefix, sys.executable, "-m", "fastfaas", "serve", "--port", "0", "--data-dir",
                str(data_dir), "--cgroups", cgroups_mode, *args]
         self.log_path = data_dir.parent / f"{data_dir.name}.stderr"
         with open(self.log_path, "ab") as log:
@@ -118,6 +130,9 @@ class ServerProcess:
             raise RuntimeError(f"the server did not start: {line!r}\n{self.stderr()}")
         self.url = line.split("listening on ", 1)[1].split()[0]
         self.port = int(self.url.rsplit(":", 1)[1])
+        # Under a prefix (`unshare --pid --fork ...`) the server is the prefix's
+        # child, and the one to signal: unshare does not pass SIGTERM on.
+        self.pid = self.proc.pid if not prefix else _only_child(self.proc.pid)
 
     def stderr(self) -> str:
         """What the server wrote on stderr so far."""
@@ -129,7 +144,7 @@ class ServerProcess:
             self._close_pipe()
             return self.proc.returncode
         below = descendants(self.proc.pid)
-        self.proc.send_signal(sig)
+        os.kill(self.pid, sig)
         code = self.proc.wait(timeout)
         self._close_pipe()
         if sig != signal.SIGKILL:
@@ -144,16 +159,16 @@ class ServerProcess:
 
 @pytest.fixture
 def start_server(tmp_path: Path, cgroups_mode: str) -> Iterator[Callable[..., ServerProcess]]:
-    """start_server(*serve_args, data_dir=..., env=...) -> a running ServerProcess.
+    """start_server(*serve_args, data_dir=..., env=..., prefix=...) -> a running ServerProcess.
 
     Every server started is stopped (SIGTERM) at the end of the test.
     """
     servers: list[ServerProcess] = []
 
-    def start(*args: str, data_dir: Path | None = None,
-              env: dict[str, str] | None = None) -> ServerProcess:
+    def start(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None,
+              prefix: Sequence[str] = ()) -> ServerProcess:
         server = ServerProcess(data_dir or tmp_path / "server-data", cgroups_mode, *args,
-                               env=env)
+                               env=env, prefix=prefix)
         servers.append(server)
         return server
 

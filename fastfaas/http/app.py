@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import trio
 
-from fastfaas.errors import FastfaasError
+from fastfaas.errors import FastfaasError, IsolationError
 from fastfaas.events.poller import Poller
 from fastfaas.http.native import NativeApi
 from fastfaas.http.server import HttpServer, Limits
@@ -34,6 +34,8 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     max_body_mb: float = 6.0
     graceful_timeout_s: float = 30.0
     cgroups: str = "auto"
+    isolation: str | None = None
+    sandbox_uid: int = 65534
     warm_pool_size: int = 2
     async_concurrency: int = 32
     concurrency_limit: int = 1000
@@ -116,7 +118,9 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            concurrency_limit=opts.concurrency_limit,
                            warm_pool_max=max(opts.warm_pool_max, opts.warm_pool_size),
                            affinity_wait_s=opts.affinity_wait_s,
-                           memory_budget_mb=opts.memory_budget_mb) as rt, \
+                           memory_budget_mb=opts.memory_budget_mb,
+                           isolation=opts.isolation, sandbox_uid=opts.sandbox_uid,
+                           sandbox_gid=opts.sandbox_uid) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:
@@ -143,8 +147,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
 
             nursery.start_soon(run_http)
             print(f"fastfaas: listening on http://{_url_host(opts.host)}:{port}"
-                  f" ({rt.statistics()['cgroups']['reason']}; {restored} function(s)"
-                  f" restored)", flush=True)
+                  f" ({rt.statistics()['cgroups']['reason']}; isolation {rt.isolation};"
+                  f" {restored} function(s) restored)", flush=True)
             if "hello" in rt.functions():
                 _print_try_lines(opts, port)
             task_status.started(port)
@@ -159,6 +163,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                 await poller.wait_idle()
             rt.requirements.kill_all()  # a deploy still installing must not hold the stop
             nursery.cancel_scope.cancel()
+    except IsolationError as exc:  # from the Runtime's start: nothing is serving yet
+        raise ConfigurationError(str(exc)) from None
     finally:
         store.close()
 

@@ -340,7 +340,7 @@ class NativeApi:
         return Response(200, _encode({
             "status": "ok",
             "cgroups": {"mode": cg["mode"], "enabled": cg["enabled"], "reason": cg["reason"]},
-            "isolation": "standard" if cg["enabled"] else "none",
+            "isolation": stats["isolation"],
             "functions": len(stats["functions"]),
             "zygotes": stats["zygotes"],
             "warming_pool": stats["warming_pool"]["ready"],

@@ -1,6 +1,6 @@
 """Cgroups for zygotes and instances, v1 or v2 per controller, or none.
 
-fastfaas creates `fastfaas-<pid>-<start time>-<n>` under the server's own
+fastfaas creates `fastfaas-<pid namespace>-<pid>-<start time>-<n>` under the server's own
 cgroup in each hierarchy it uses, removes such subtrees left by runtimes
 whose process is gone, and never touches any other cgroup. Instances join
 their cgroups in the child of a fork by writing "0" to a join file opened
@@ -188,6 +188,14 @@ class CgroupSet:
         return [fd for fd in fds if fd >= 0]
 
 
+def _pidns() -> int:
+    """This process's PID namespace (pids name processes only within one)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def _starttime(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -219,7 +227,7 @@ class Cgroups:
         self.enabled = False
         self.reason = ""
         pid = os.getpid()
-        self.name = f"{PREFIX}{pid}-{_starttime(pid) or 0}-{next(_counter)}"
+        self.name = f"{PREFIX}{_pidns()}-{pid}-{_starttime(pid) or 0}-{next(_counter)}"
         self._ids = itertools.count()
         self.stale_removed: list[str] = []
 
@@ -265,11 +273,14 @@ class Cgroups:
 
     def _remove_stale(self, h: Hierarchy) -> None:
         """Remove subtrees of runtimes whose process is gone (never another process's live one)."""
+        own_ns = str(_pidns())
         for entry in h.own.glob(f"{PREFIX}*"):
             parts = entry.name[len(PREFIX):].split("-")
-            if len(parts) != 3 or not entry.is_dir():
+            if len(parts) != 4 or not entry.is_dir():
                 continue
-            pid, start = parts[0], parts[1]
+            pidns, pid, start = parts[0], parts[1], parts[2]
+            if pidns != own_ns:
+                continue  # a runtime in another PID namespace: its pid means nothing here
             if not pid.isdigit() or int(pid) == os.getpid():
                 continue
             if _starttime(int(pid)) == start:

@@ -30,7 +30,7 @@ import msgspec
 import trio
 
 from fastfaas import _native, errors, wire
-from fastfaas.config import ZYGOTE_FIELDS, FunctionConfig, check_name
+from fastfaas.config import ISOLATION_LEVELS, ZYGOTE_FIELDS, FunctionConfig, check_name
 from fastfaas.errors import (
     CgroupError,
     FunctionNotFoundError,
@@ -65,6 +65,7 @@ MEMORY_MEASURE_S = 0.5
 MEMORY_MEASURE_SLOW_S = 2.0  # with more than 200 processes
 MEASURE_BATCH = 64  # reads between two checkpoints
 REAP_PER_TICK = 16  # idle instances reaped per look of the reaper, at most
+SANDBOX_ID = 65534  # strict: the uid and gid (outside its user namespace) of function code
 SPARES_MAX = 16  # policy.SpareSizer's default cap
 INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
 ZYGOTE_ESTIMATE = 32 * 1024 * 1024
@@ -105,6 +106,9 @@ class FunctionVersion:
         self.retired = False
         self.slot_released = False
         self.init_log = b""
+        self.isolation = "none"  # set by the Runtime: the level in force
+        self.cgrouped = False
+        self.sandbox: wire.Sandbox | None = None  # strict: its zygote's namespaces
 
     def __repr__(self) -> str:
         return f"<FunctionVersion {self.name}:{self.version} gen {self.generation}>"
@@ -143,6 +147,13 @@ class Runtime:
         frequency_window_s: the window of a function's call rate: at 1/s or
             more (or 2 calls in flight) it is frequent; below 0.2/s for a
             window, infrequent.
+        isolation: the functions' default level, "none", "standard" or
+            "strict" (default: $FASTFAAS_ISOLATION, else the strongest this
+            machine allows: strict as root with user namespaces and seccomp,
+            standard with cgroups but no root, none otherwise); a function's
+            own `isolation` overrides it.
+        sandbox_uid, sandbox_gid: strict: the unprivileged ids that function
+            code runs as, seen from the host (inside, it is uid 1000).
     """
 
     def __init__(
@@ -164,11 +175,24 @@ class Runtime:
         infrequent_starts: int = 4,
         frequency_window_s: float = 10.0,
         memory_budget_mb: int | None = None,
+        isolation: str | None = None,
+        sandbox_uid: int = SANDBOX_ID,
+        sandbox_gid: int = SANDBOX_ID,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
+        if isolation is None:
+            isolation = os.environ.get("FASTFAAS_ISOLATION") or None
+        if isolation is not None and isolation not in ISOLATION_LEVELS:
+            raise ValueError(f"isolation {isolation!r} must be one of {ISOLATION_LEVELS}")
         self.data_dir = Path(data_dir).resolve()
         self.cgroups = Cgroups(cgroups)
+        self._isolation_asked = isolation
+        self.isolation = "none"  # the server's default level, settled once entered
+        self.isolation_levels: tuple[str, ...] = ("none",)
+        self.isolation_reason = ""
+        self._strict = wire.Sandbox(str(self.data_dir), False, sandbox_uid, sandbox_gid)
+        self._pool_sandbox: wire.Sandbox | None = None  # the warming pool's kind of zygote
         self._pool_sizer = policy.PoolSizer(
             warm_pool_size, max(8, warm_pool_size) if warm_pool_max is None else warm_pool_max)
         self.spares = spares
@@ -254,6 +278,7 @@ class Runtime:
             await trio.to_thread.run_sync(self.cgroups.start)
             if not self.cgroups.enabled and self.cgroups.mode == "auto":
                 print(f"fastfaas: {self.cgroups.reason}", file=sys.stderr)
+            self._settle_isolation()
             await self._nursery.start(self._keep_template)
             self._open = True
             self._nursery.start_soon(self._fill_warming_pool)
@@ -263,9 +288,14 @@ class Runtime:
             self._nursery.start_soon(self._measure_memory)
         except BaseException as exc:
             await self._shutdown()
-            await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
-            with trio.CancelScope(shield=True):
-                await self._finish_shutdown()
+            try:
+                await self._nursery_cm.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                if not all(leaf is exc for leaf in _leaves(group)):
+                    raise
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._finish_shutdown()
             raise
         return self
 
@@ -287,6 +317,39 @@ class Runtime:
                 with trio.CancelScope(shield=True):
                     await self._finish_shutdown()
         return handled  # type: ignore[no-any-return]
+
+    def _settle_isolation(self) -> None:
+        """The levels this machine allows, and the default: the strongest of them."""
+        levels = ["none"]
+        why = "strict and standard need writable cgroups: " + self.cgroups.reason
+        if self.cgroups.enabled:
+            levels.append("standard")
+            why = strict_unavailable()
+            if not why:
+                levels.append("strict")
+        self.isolation_levels = tuple(levels)
+        self.isolation_reason = why
+        asked = self._isolation_asked
+        if asked is not None and asked not in levels:
+            raise errors.IsolationError(f"isolation {asked!r} is not available here: {why}")
+        self.isolation = asked or levels[-1]
+        if self.isolation != "strict":
+            print(f"fastfaas: isolation is {self.isolation!r} ({why}); run only code you trust",
+                  file=sys.stderr)
+        self._pool_sandbox = self._strict if self.isolation == "strict" else None
+
+    def _isolation_of(self, cfg: FunctionConfig) -> str:
+        """The function's level, or InvalidRequestError if this server cannot give it."""
+        level = cfg.isolation or self.isolation
+        if level not in self.isolation_levels:
+            raise InvalidRequestError(
+                f"invalid function configuration: isolation {level!r} is not available on"
+                f" this server ({self.isolation_reason})")
+        if cfg.network and level != "strict":
+            raise InvalidRequestError(
+                f"invalid function configuration: network applies to the strict level only"
+                f" (this function's is {level!r})")
+        return level
 
     def _known_procs(self) -> list[Process]:
         procs: list[Process] = []
@@ -357,6 +420,7 @@ class Runtime:
         check_name(name)
         cfg = FunctionConfig.create(handler=handler, **config)
         self._check_reservation(name, cfg)
+        self._isolation_of(cfg)
         zip_data = await trio.to_thread.run_sync(code_bundles.code_bytes, source)
         code_dir, sha = await trio.to_thread.run_sync(
             code_bundles.unpack, zip_data, self.data_dir / "code", self.requirements,
@@ -388,9 +452,9 @@ class Runtime:
     def _activate(self, name: str, cfg: FunctionConfig, code_dir: Path,
                   sha: str) -> dict[str, Any]:
         self._check_reservation(name, cfg)
+        self._isolation_of(cfg)
         self.limits.set_reservation(name, cfg.reserved_concurrency)
-        fv = FunctionVersion(name, LATEST, cfg, code_dir, sha, self.table.new_slot(),
-                             next(self._generations), self.frequency_window_s)
+        fv = self._new_version(name, cfg, code_dir, sha)
         old = self._functions.get(name)
         if old is not None:
             fv.freq = old.freq  # the function's traffic, not the version's
@@ -403,17 +467,27 @@ class Runtime:
             self._retire_version(old)
         return self.describe(name)
 
+    def _new_version(self, name: str, cfg: FunctionConfig, code_dir: Path,
+                     sha: str) -> FunctionVersion:
+        fv = FunctionVersion(name, LATEST, cfg, code_dir, sha, self.table.new_slot(),
+                             next(self._generations), self.frequency_window_s)
+        fv.isolation = level = self._isolation_of(cfg)
+        fv.cgrouped = level != "none"
+        if level == "strict":
+            fv.sandbox = (self._strict if not cfg.network
+                          else msgspec.structs.replace(self._strict, network=True))
+        return fv
+
     async def update_config(self, name: str, **changes: Any) -> dict[str, Any]:
         """Change configuration only; a change to what the zygote holds starts a new one."""
         self._check_open()
         fv = self._lookup(name, LATEST)
         cfg = fv.config.replace(**changes)
         self._check_reservation(name, cfg)
+        self._isolation_of(cfg)
         self.limits.set_reservation(name, cfg.reserved_concurrency)
         if any(getattr(cfg, f) != getattr(fv.config, f) for f in ZYGOTE_FIELDS):
-            new = FunctionVersion(name, LATEST, cfg, fv.code_dir, fv.code_sha256,
-                                  self.table.new_slot(), next(self._generations),
-                                  self.frequency_window_s)
+            new = self._new_version(name, cfg, fv.code_dir, fv.code_sha256)
             new.freq = fv.freq
             self._functions[name] = new
             self._retire_version(fv)
@@ -502,6 +576,7 @@ class Runtime:
             "version": fv.version,
             "code_sha256": fv.code_sha256,
             "config": msgspec.to_builtins(fv.config),
+            "isolation": fv.isolation,  # in force: its own, or the server's default
             "state": self._fv_state(fv),
             "concurrency": {"in_flight": self.limits.in_flight(name),
                             "reserved": fv.config.reserved_concurrency,
@@ -894,7 +969,7 @@ class Runtime:
         fv.claiming = trio.Event()
         fv.claim_error = None
         try:
-            z, kind = await self._take_generic()
+            z, kind = await self._take_generic(fv.sandbox)
             result = await self._claim_zygote(fv, z)
             if isinstance(result, FunctionError):
                 fv.claim_error = result
@@ -906,7 +981,11 @@ class Runtime:
             fv.claiming.set()
             fv.claiming = None
 
-    async def _take_generic(self) -> tuple[ZygoteHandle, str]:
+    async def _take_generic(self, sandbox: wire.Sandbox | None) -> tuple[ZygoteHandle, str]:
+        if sandbox != self._pool_sandbox:
+            # The pool holds the server default's kind of zygote; another kind
+            # (a per-function isolation or network) is forked on demand.
+            return await self._fork_generic(sandbox), "cold"
         self._pool_sizer.note_claim(self._now())
         while self._pool:
             z = self._pool.popleft()
@@ -914,7 +993,7 @@ class Runtime:
             if not z.dead:
                 return z, "claimed"
         self._pool_lot.unpark_all()
-        return await self._fork_generic(), "cold"
+        return await self._fork_generic(sandbox), "cold"
 
     @trio.lowlevel.enable_ki_protection
     async def _keep_template(self, task_status: trio.TaskStatus[None]) -> None:
@@ -967,11 +1046,11 @@ class Runtime:
                   file=sys.stderr)
             self.counters["template_restarts"] += 1
 
-    async def _fork_generic(self) -> ZygoteHandle:
+    async def _fork_generic(self, sandbox: wire.Sandbox | None) -> ZygoteHandle:
         if not self.template.ready.is_set() or self.template.chan is None or (
                 self.template.chan.closed):
             await self._template_up.wait()  # a restart is under way
-        z = await self.template.fork_zygote()
+        z = await self.template.fork_zygote(sandbox)
         z.on_instance_exit = self._instance_exited
         self._all_zygotes.add(z)
         assert self._nursery is not None
@@ -981,7 +1060,7 @@ class Runtime:
     async def _claim_zygote(self, fv: FunctionVersion, z: ZygoteHandle) -> FunctionError | None:
         cfg = fv.config
         cg: CgroupSet | None = None
-        if self.cgroups.enabled:
+        if fv.cgrouped:
             cg = await trio.to_thread.run_sync(self.cgroups.new_zygote, cfg.memory_mb)
         z.cgroup = cg
         z.fv = fv
@@ -993,8 +1072,9 @@ class Runtime:
             env=dict(cfg.env),
             memory_mb=cfg.memory_mb,
             timeout_s=cfg.timeout_s,
-            rlimits=self._instance_rlimits(cfg),
-            self_usage=not self.cgroups.enabled,
+            rlimits=self._instance_rlimits(cfg, fv.cgrouped),
+            self_usage=not fv.cgrouped,
+            tmp_mb=cfg.tmp_mb,
         )
         try:
             await z.chan.send(claim, cg.join_fds if cg else [])
@@ -1042,13 +1122,14 @@ class Runtime:
                 print(f"fastfaas: {fv.name}: {exc}", file=sys.stderr)
         return None
 
-    def _instance_rlimits(self, cfg: FunctionConfig) -> list[tuple[int, int, int]]:
+    def _instance_rlimits(self, cfg: FunctionConfig,
+                          cgrouped: bool) -> list[tuple[int, int, int]]:
         _, nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         limits = [
             (resource.RLIMIT_CORE, 0, 0),
             (resource.RLIMIT_NOFILE, min(1024, nofile_hard), nofile_hard),
         ]
-        if not self.cgroups.enabled:
+        if not cgrouped:
             data = cfg.memory_mb * 1024 * 1024
             limits.append((resource.RLIMIT_DATA, data, data))
         return limits
@@ -1057,7 +1138,8 @@ class Runtime:
                      first: bytes = b"") -> InstanceHandle | None:
         """Fork one instance (state SPAWNING), handing it `first` (an encoded
         Invoke) to run at once; None if the zygote is gone."""
-        cg = self._take_cgroup(fv.config.memory_mb)  # may raise: before anything is held
+        # may raise: before anything is held
+        cg = self._take_cgroup(fv.config.memory_mb) if fv.cgrouped else None
         tid = self.table.add(fv.slot)
         spawn_id = next(self._spawn_ids)
         inst = InstanceHandle(tid, f"{self._rid}-{next(self._instance_names)}", fv, z, cg)
@@ -1423,7 +1505,7 @@ class Runtime:
                 continue
             self._pool_forking += 1
             try:
-                z = await self._fork_generic()
+                z = await self._fork_generic(self._pool_sandbox)
             except ZygoteError as exc:
                 if self.template.ready.is_set() and not self.template.chan_closed():
                     print(f"fastfaas: cannot fill the warming pool: {exc}", file=sys.stderr)
@@ -1436,6 +1518,7 @@ class Runtime:
             finally:
                 self._pool_forking -= 1
             self._pool.append(z)
+            self._notify()
 
     @trio.lowlevel.enable_ki_protection
     async def _watch_zygote(self, z: ZygoteHandle) -> None:
@@ -1604,6 +1687,8 @@ class Runtime:
                 "subtree": self.cgroups.name if self.cgroups.enabled else None,
                 "pool": len(self._cg_free),
             },
+            "isolation": {"default": self.isolation, "available": list(self.isolation_levels),
+                          "reason": self.isolation_reason},
             "template": {"pid": self.template.pid, "running": self.template.ready.is_set()},
             "warming_pool": {"ready": len(self._pool), "forking": self._pool_forking,
                              "target": self._pool_sizer.current,
@@ -1728,6 +1813,27 @@ def _error_result(error: FunctionError, start: str, request_id: str, log: bytes 
                   instance_id: str = "", duration_us: int = 0) -> InvocationResult:
     return InvocationResult(_error_payload(error), error, start, instance_id, request_id,
                             duration_us, Usage(0, 0), log)
+
+
+def strict_unavailable() -> str:
+    """Why this machine cannot give the strict level; "" when it can."""
+    if os.geteuid() != 0:
+        return "strict needs root"
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) == 0:
+                return "user namespaces are disabled (user.max_user_namespaces is 0)"
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            if "\nSeccomp:" not in f.read():
+                return "the kernel has no seccomp"
+    except OSError:
+        return "no /proc/self/status"
+    if not os.path.exists("/proc/self/ns/user") or not os.path.exists("/proc/self/ns/pid"):
+        return "the kernel has no user or PID namespaces"
+    return ""
 
 
 def _machine_memory() -> int:

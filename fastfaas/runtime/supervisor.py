@@ -71,6 +71,15 @@ async def read_messages(
         dispatch(msg, fds)
 
 
+def pid_of_pidfd(pidfd: int) -> int:
+    """The pid, in this process's PID namespace, of the process a pidfd refers to."""
+    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pid:"):
+                return int(line.split()[1])
+    raise OSError(f"descriptor {pidfd} is not a pidfd")
+
+
 class Process:
     """A process known by pidfd (not our child: the zygote or template reaps it)."""
 
@@ -151,6 +160,11 @@ class ZygoteHandle:
     oom_killed: bool = False  # read from its memory cgroup once it is gone
     on_instance_exit: Callable[[InstanceHandle], None] | None = None
     gone: trio.Event = field(default_factory=trio.Event)
+    sandbox: wire.Sandbox | None = None  # strict: its own namespaces
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None
 
     async def serve(self) -> None:
         """Read this zygote's messages until it closes its socket."""
@@ -174,7 +188,15 @@ class ZygoteHandle:
             if inst is None or inst.proc is not None or len(fds) != 1:
                 wire.close_all(fds)
                 return
-            inst.proc = Process(msg.pid, fds[0])
+            # A strict zygote's pids are numbers in its own PID namespace: ours
+            # come from the pidfd.
+            pid = msg.pid
+            if self.sandboxed:
+                try:
+                    pid = pid_of_pidfd(fds[0])
+                except (OSError, ValueError):
+                    pid = -1  # gone already: its exit report follows
+            inst.proc = Process(pid, fds[0])
             if inst.early_status is not None:
                 inst.proc.set_exited(inst.early_status)
             elif inst.dead or inst.timed_out:
@@ -315,8 +337,9 @@ class Template:
                 if z.proc is not None:
                     z.proc.set_exited(msg.status)
 
-    async def fork_zygote(self) -> ZygoteHandle:
-        """A new generic zygote. Raises ZygoteError if the template is gone."""
+    async def fork_zygote(self, sandbox: wire.Sandbox | None = None) -> ZygoteHandle:
+        """A new generic zygote (strict with `sandbox`). Raises ZygoteError if
+        the template is gone."""
         if self.chan is None or not self.ready.is_set():
             raise ZygoteError("the template zygote is not running")
         zygote_id = next(self._ids)
@@ -325,8 +348,9 @@ class Template:
         box: list[Any] = []
         self._pending[zygote_id] = (event, box)
         handle = ZygoteHandle(zygote_id, AsyncChannel(server_end))
+        handle.sandbox = sandbox
         try:
-            await self.chan.send(wire.ForkZygote(zygote_id), [zygote_end.fileno()])
+            await self.chan.send(wire.ForkZygote(zygote_id, sandbox), [zygote_end.fileno()])
         except OSError as exc:
             self._pending.pop(zygote_id, None)
             handle.chan.close()

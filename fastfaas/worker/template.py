@@ -23,7 +23,7 @@ from typing import NoReturn
 from fastfaas import _native, wire
 from fastfaas.errors import SpawnError
 from fastfaas.wire import ForkZygote, TemplateReady, ZygoteExited, ZygoteForked
-from fastfaas.worker import instance, zygote  # noqa: F401  (preloaded for every zygote)
+from fastfaas.worker import instance, sandbox, zygote  # noqa: F401  (preloaded for every zygote)
 
 # A reserved status: a template that fails to boot is not restarted.
 EXIT_BOOT_FAILED = 78
@@ -52,7 +52,10 @@ def main(argv: list[str]) -> None:
     poller.register(ctl_fd, select.POLLIN)
     poller.register(liveness_fd, select.POLLIN)
     poller.register(wakeup.r, select.POLLIN)
-    own = [ctl_fd, liveness_fd, *wakeup.fds()]
+    # Strict zygotes are PID 1 of their own namespace: set before each such
+    # fork, and this process's own namespace put back for children after it.
+    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    own = [ctl_fd, liveness_fd, *wakeup.fds(), own_pidns]
 
     def report_exit(zygote_id: int, pid: int, status: int) -> None:
         chan.send(ZygoteExited(zygote_id, pid, status))
@@ -75,16 +78,15 @@ def main(argv: list[str]) -> None:
                 continue
             (zctl,) = fds
             try:
-                pid = _native.spawn((), own, (-1, -1, -1), (), new_session=False,
-                                    reset_signals=True, pdeathsig=signal.SIGKILL)
-            except SpawnError:
+                pid = _fork_zygote(own, own_pidns, msg.sandbox is not None)
+            except (SpawnError, OSError):
                 traceback.print_exc()
                 os.close(zctl)
                 continue
             if pid == 0:
                 chan.sock.detach()
                 signal.set_wakeup_fd(-1)
-                zygote.generic_main(zctl)
+                zygote.generic_main(zctl, msg.sandbox)
                 os._exit(0)
             children[pid] = msg.zygote_id
             os.close(zctl)
@@ -94,6 +96,21 @@ def main(argv: list[str]) -> None:
             finally:
                 os.close(pidfd)
         zygote.reap(children, report_exit)
+
+
+def _fork_zygote(own: list[int], own_pidns: int, new_pidns: bool) -> int:
+    if new_pidns:
+        _native.unshare(_native.NEWPID)  # for the next child only: undone below
+    try:
+        pid = _native.spawn((), own, (-1, -1, -1), (), new_session=False,
+                            reset_signals=True, pdeathsig=signal.SIGKILL)
+    except BaseException:
+        if new_pidns:
+            _native.setns(own_pidns, _native.NEWPID)
+        raise
+    if new_pidns and pid != 0:
+        _native.setns(own_pidns, _native.NEWPID)
+    return pid
 
 
 def _stop(children: dict[int, int]) -> NoReturn:

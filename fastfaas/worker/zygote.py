@@ -22,8 +22,8 @@ from typing import Any
 
 from fastfaas import _native, wire
 from fastfaas.errors import SpawnError
-from fastfaas.wire import Claim, Claimed, InstanceExited, Spawn, Spawned, SpawnFailed
-from fastfaas.worker import instance
+from fastfaas.wire import Claim, Claimed, InstanceExited, Sandbox, Spawn, Spawned, SpawnFailed
+from fastfaas.worker import instance, sandbox
 
 # Threads started at import do not survive a fork; numeric libraries start
 # pools unless told not to.
@@ -165,10 +165,14 @@ def _capture_end(capture: int, saved1: int, saved2: int) -> bytes:
     return tail
 
 
-def generic_main(ctl_fd: int) -> None:
-    """A generic zygote: wait for a claim, import, serve spawns. Never returns."""
+def generic_main(ctl_fd: int, strict: Sandbox | None = None) -> None:
+    """A generic zygote: wait for a claim, import, serve spawns. Never returns.
+
+    With `strict`, it is PID 1 of a new PID namespace and makes the rest of
+    its sandbox now, ahead of the claim."""
     try:
         _native.set_child_subreaper(True)
+        code_root = sandbox.isolate_generic(strict) if strict is not None else -1
         chan = wire.BlockingChannel(socket.socket(fileno=ctl_fd))
         got = chan.recv()
         if got is None:
@@ -180,15 +184,19 @@ def generic_main(ctl_fd: int) -> None:
         for fd in fds:
             os.pwrite(fd, b"0", 0)  # join the zygote cgroups before any user code
             os.close(fd)
-        handler, two_args = _claim(chan, claim)
-        _function_zygote(chan, claim, handler, two_args)
+        task_root = claim.code_dir
+        if strict is not None:
+            task_root = sandbox.enter_function(strict, code_root, claim.code_dir, claim.tmp_mb)
+        handler, two_args = _claim(chan, claim, task_root)
+        _function_zygote(chan, claim, handler, two_args, strict is not None)
     except BaseException:
         traceback.print_exc()
         os._exit(70)
     os._exit(0)
 
 
-def _claim(chan: wire.BlockingChannel, claim: Claim) -> tuple[Callable[..., Any], bool]:
+def _claim(chan: wire.BlockingChannel, claim: Claim,
+           task_root: str) -> tuple[Callable[..., Any], bool]:
     os.environ.update(_SINGLE_THREAD_ENV)
     os.environ.update(claim.env)
     os.environ.update(
@@ -199,12 +207,12 @@ def _claim(chan: wire.BlockingChannel, claim: Claim) -> tuple[Callable[..., Any]
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(claim.timeout_s)),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{claim.function_name}",
             "AWS_LAMBDA_RUNTIME_API": "",
-            "LAMBDA_TASK_ROOT": claim.code_dir,
+            "LAMBDA_TASK_ROOT": task_root,
             "_HANDLER": claim.handler,
         }
     )
-    os.chdir(claim.code_dir)
-    sys.path.insert(0, claim.code_dir)
+    os.chdir(task_root)
+    sys.path.insert(0, task_root)
     instance.unbuffered_stdio()
     capture = _capture_start()
     try:
@@ -223,7 +231,8 @@ def _claim(chan: wire.BlockingChannel, claim: Claim) -> tuple[Callable[..., Any]
 
 
 def _function_zygote(
-    chan: wire.BlockingChannel, claim: Claim, handler: Callable[..., Any], two_args: bool
+    chan: wire.BlockingChannel, claim: Claim, handler: Callable[..., Any], two_args: bool,
+    strict: bool,
 ) -> None:
     info = instance.FunctionInfo(claim.function_name, claim.version, claim.memory_mb,
                                  claim.self_usage)
@@ -238,6 +247,8 @@ def _function_zygote(
     own = [chan.fileno(), *wakeup.fds(), devnull]
 
     def report_exit(instance_id: int, pid: int, status: int) -> None:
+        if strict:
+            sandbox.remove_instance_tmpdir(instance_id)
         chan.send(InstanceExited(instance_id, pid, status))
 
     while True:
@@ -262,6 +273,8 @@ def _function_zygote(
                 fork_hook.restore()
                 chan.sock.detach()
                 signal.set_wakeup_fd(-1)
+                if strict:
+                    sandbox.make_instance_tmpdir(msg.instance_id)
                 instance.serve(pid_or_chan, handler, two_args, info, msg.first)
                 os._exit(0)
             if pid_or_chan > 0:

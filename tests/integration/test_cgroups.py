@@ -94,9 +94,10 @@ async def test_rlimit_fallback_when_cgroups_are_off(tmp_path, make_function) -> 
             return {"data": resource.getrlimit(resource.RLIMIT_DATA),
                     "core": resource.getrlimit(resource.RLIMIT_CORE), "n": len(block)}
     """)
-    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups="off") as rt:
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups="off", isolation="none") as rt:
         stats = rt.statistics()["cgroups"]
         assert stats["enabled"] is False and "rlimits" in stats["reason"]
+        assert rt.statistics()["isolation"]["available"] == ["none"]
         await rt.deploy("limited", source=code, handler="app.handler", memory_mb=128)
         ok = await rt.invoke("limited", {"mb": 0})
         assert ok.value()["data"] == [128 * 1024 * 1024] * 2

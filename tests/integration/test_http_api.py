@@ -938,7 +938,10 @@ def test_healthz(client: httpx.Client) -> None:
     assert health["status"] == "ok"
     assert health["cgroups"]["mode"] == CGROUPS_MODE
     assert isinstance(health["cgroups"]["enabled"], bool)
-    assert health["isolation"] == ("standard" if health["cgroups"]["enabled"] else "none")
+    # The suite's servers run at `standard` (FASTFAAS_ISOLATION, from conftest).
+    assert health["isolation"]["default"] == ("standard" if health["cgroups"]["enabled"]
+                                              else "none")
+    assert health["isolation"]["default"] in health["isolation"]["available"]
     assert health["functions"] >= 1
     assert health["queued"] >= 0
 

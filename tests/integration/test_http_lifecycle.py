@@ -148,10 +148,10 @@ def still_running_after(fds: dict[int, int], timeout: float) -> list[int]:
 
 
 def server_cgroups(server_pid: int) -> list[Path]:
-    """The `fastfaas-<pid>-...` subtrees of one server under our own cgroups."""
+    """The `fastfaas-<pidns>-<pid>-...` subtrees of one server under our own cgroups."""
     found: list[Path] = []
     for hierarchy in set(detect().values()):
-        found += hierarchy.own.glob(f"fastfaas-{server_pid}-*")
+        found += hierarchy.own.glob(f"fastfaas-*-{server_pid}-*")
     return sorted(found)
 
 

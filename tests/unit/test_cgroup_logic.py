@@ -172,18 +172,22 @@ def test_off_switch_uses_rlimits() -> None:
 def test_stale_subtrees_of_dead_runtimes_are_removed_and_others_kept(tmp_path: Path) -> None:
     found = fake_v2(tmp_path)
     own = found["memory"].own
-    dead = own / "fastfaas-999999999-1-0"
+    ns = cg._pidns()
+    dead = own / f"fastfaas-{ns}-999999999-1-0"
     (dead / "i0").mkdir(parents=True)
     alive_pid = os.getppid()
-    alive = own / f"fastfaas-{alive_pid}-{cg._starttime(alive_pid)}-0"
+    alive = own / f"fastfaas-{ns}-{alive_pid}-{cg._starttime(alive_pid)}-0"
     alive.mkdir()
+    # Another PID namespace's runtime: its pid cannot be checked from here.
+    elsewhere = own / f"fastfaas-{ns + 1}-999999999-1-0"
+    elsewhere.mkdir()
     other = own / "not-ours"
     other.mkdir()
     groups = cg.Cgroups("require", hierarchies=found)
     groups.start()
     try:
         assert not dead.exists()
-        assert alive.exists() and other.exists()
-        assert str(dead) in groups.stale_removed
+        assert alive.exists() and other.exists() and elsewhere.exists()
+        assert groups.stale_removed == [str(dead)]
     finally:
         groups.close()
