@@ -334,8 +334,9 @@ class Runtime:
             raise errors.IsolationError(f"isolation {asked!r} is not available here: {why}")
         self.isolation = asked or levels[-1]
         if self.isolation != "strict":
-            print(f"fastfaas: isolation is {self.isolation!r} ({why}); run only code you trust",
-                  file=sys.stderr)
+            because = "as asked" if asked else why
+            print(f"fastfaas: isolation is {self.isolation!r} ({because}); run only code you"
+                  " trust", file=sys.stderr)
         self._pool_sandbox = self._strict if self.isolation == "strict" else None
 
     def _isolation_of(self, cfg: FunctionConfig) -> str:
