@@ -68,7 +68,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise bad(f"timeout_s {self.timeout_s} must be between 1 and 900")
         if not 0 < self.init_timeout_s <= 900:
             raise bad(f"init_timeout_s {self.init_timeout_s} must be in (0, 900]")
-        if self.idle_timeout_s <= 0 or self.zygote_idle_timeout_s <= 0:
+        if not (self.idle_timeout_s > 0 and self.zygote_idle_timeout_s > 0):  # NaN too
             raise bad("idle_timeout_s and zygote_idle_timeout_s must be > 0")
         if self.prewarm < 0:
             raise bad(f"prewarm {self.prewarm} must be >= 0")

@@ -16,7 +16,6 @@ Routes:
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import time
 import traceback
@@ -205,7 +204,7 @@ class NativeApi:
                 f"the event is {len(body)} bytes; the limit is {wire.MAX_PAYLOAD} bytes")
         try:
             msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
+        except ValueError as exc:  # msgspec.DecodeError, and UnicodeDecodeError for bad UTF-8
             raise InvalidRequestError(f"the event is not valid JSON: {exc}") from None
         if kind == b"DryRun":
             return Response(204, b"", [])
@@ -248,7 +247,7 @@ class NativeApi:
                                           " base64-encoded")
             try:
                 zip_data = base64.b64decode(encoded, validate=True)
-            except binascii.Error as exc:
+            except ValueError as exc:  # binascii.Error, or characters beyond ASCII
                 raise InvalidRequestError(f"code_zip_b64 is not valid base64: {exc}") from None
         else:
             raise InvalidRequestError(
@@ -393,7 +392,7 @@ def _query_fields(query: bytes) -> dict[str, Any]:
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except ValueError as exc:  # msgspec.DecodeError, and UnicodeDecodeError for bad UTF-8
         raise InvalidRequestError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequestError(f"{what} must be a JSON object")

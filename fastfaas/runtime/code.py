@@ -75,12 +75,18 @@ def unpack(zip_data: bytes, code_root: Path,
         return target, sha
     try:
         zf = zipfile.ZipFile(io.BytesIO(zip_data))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError) as exc:
+        # ValueError: offsets past the data; NotImplementedError: a zip version it cannot read.
         raise InvalidRequestError(f"code is not a valid zip file: {exc}") from None
     total = 0
     members = zf.infolist()
     for info in members:
         name = PurePosixPath(info.filename)
+        if not info.filename or name == PurePosixPath("."):
+            raise InvalidRequestError("code zip has an entry with an empty name")
+        if any(len(os.fsencode(part)) > 255 for part in name.parts):
+            raise InvalidRequestError(
+                f"code zip entry {info.filename[:80]!r}... has a path part over 255 bytes")
         if name.is_absolute() or ".." in name.parts:
             raise InvalidRequestError(f"code zip entry {info.filename!r} points outside the bundle")
         if stat.S_ISLNK(info.external_attr >> 16):
@@ -96,7 +102,7 @@ def unpack(zip_data: bytes, code_root: Path,
         try:
             _extract(zf, members, tmp)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
-                FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                ValueError, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             # A corrupt entry (CRC, deflate stream), an unsupported or encrypted one,
             # or entries that collide ("a" and "a/b"): the bundle's fault.
             raise InvalidRequestError(f"code zip cannot be unpacked: {exc}") from None

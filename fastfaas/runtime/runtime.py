@@ -1779,7 +1779,7 @@ def _event_bytes(event: Any, payload: bytes | None) -> bytes:
         raw = bytes(payload)
         try:
             msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
+        except ValueError as exc:  # msgspec.DecodeError, and UnicodeDecodeError for bad UTF-8
             raise InvalidRequestError(f"the event is not valid JSON: {exc}") from None
     else:
         try:
