@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv build test lint typecheck unit integration bench bench-http serve clean
+.PHONY: venv build test lint typecheck unit integration fuzz bench bench-http serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
+
+# Longer atheris runs than the test suite's (FUZZ_S seconds each); the corpus grows in
+# build/fuzz/<harness>/, crashing inputs land in build/fuzz/.
+FUZZ_S ?= 300
+FUZZ_FLAGS = -max_total_time=$(FUZZ_S) -rss_limit_mb=2048 -max_len=4096 -timeout=60 \
+	-print_final_stats=1 -artifact_prefix=build/fuzz/
+fuzz: $(STAMP)
+	rm -rf build/fuzz/data
+	$(PY) -m tests.fuzz.fuzz_protocol --write-seeds build/fuzz/protocol
+	$(PY) -m tests.fuzz.fuzz_protocol $(FUZZ_FLAGS) build/fuzz/protocol
+	$(PY) -m tests.fuzz.fuzz_api --write-seeds build/fuzz/api
+	FASTFAAS_FUZZ_DATA_DIR=build/fuzz $(PY) -m tests.fuzz.fuzz_api $(FUZZ_FLAGS) build/fuzz/api
 
 bench: $(STAMP)
 	$(PY) bench/starts.py
