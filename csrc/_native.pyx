@@ -166,6 +166,14 @@ def mount(source, str target, fstype=None, unsigned long flags=0, data=None):
         raise _oserror(-rc, f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x}, {data!r})")
 
 
+def readonly_tree(str path):
+    """Every mount at and under `path` read-only (mount_setattr; OSError ENOSYS before 5.12)."""
+    cdef bytes p = os.fsencode(path)
+    cdef int rc = ff_readonly_tree(p)
+    if rc < 0:
+        raise _oserror(-rc, f"mount_setattr({path!r}, AT_RECURSIVE, MOUNT_ATTR_RDONLY)")
+
+
 def enter_user_namespace(unsigned int inside_uid, unsigned int outside_uid,
                          unsigned int inside_gid, unsigned int outside_gid):
     """A new user namespace where the caller (root outside) is inside_uid:inside_gid."""

@@ -63,6 +63,7 @@ cdef extern from "ff_sandbox.h":
     int ff_setns(int fd, int nstype)
     int ff_mount(const char *source, const char *target, const char *fstype,
                  unsigned long flags, const char *data)
+    int ff_readonly_tree(const char *path)
     int ff_enter_userns(unsigned int inside_uid, unsigned int outside_uid,
                         unsigned int inside_gid, unsigned int outside_gid)
     int ff_drop_capabilities()

@@ -30,6 +30,28 @@ int ff_setns(int fd, int nstype)
     return setns(fd, nstype) < 0 ? -errno : 0;
 }
 
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442 /* the same on x86_64 and aarch64 */
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#define FF_MOUNT_ATTR_RDONLY 0x00000001
+
+struct ff_mount_attr { /* struct mount_attr, Linux 5.12 */
+    unsigned long long attr_set, attr_clr, propagation, userns_fd;
+};
+
+int ff_readonly_tree(const char *path)
+{
+    struct ff_mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = FF_MOUNT_ATTR_RDONLY;
+    if (syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof attr) < 0)
+        return -errno;
+    return 0;
+}
+
 int ff_mount(const char *source, const char *target, const char *fstype,
              unsigned long flags, const char *data)
 {

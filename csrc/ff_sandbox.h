@@ -10,6 +10,10 @@ int ff_setns(int fd, int nstype);
 int ff_mount(const char *source, const char *target, const char *fstype,
              unsigned long flags, const char *data);
 
+/* Every mount at and under path read-only, in one call (mount_setattr,
+ * Linux 5.12); -ENOSYS before that. */
+int ff_readonly_tree(const char *path);
+
 /* Become outside_uid/outside_gid (the caller must be root), then enter a new
  * user namespace in which those are inside_uid/inside_gid. Leaves the process
  * dumpable. */

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sandbox-uid", type=int, default=65534,
                    help="strict: the unprivileged uid and gid function code runs as, seen"
                         " from the host (default 65534)")
+    s.add_argument("--sandbox-expose", action="append", default=[], metavar="PATH",
+                   help="strict: a host path functions see read-only, even under a directory"
+                        " strict hides (/tmp, /run, /home...); repeatable")
     s.add_argument("--warm-pool-size", type=int, default=2,
                    help="generic zygotes forked ahead of need, at least (default 2)")
     s.add_argument("--warm-pool-max", type=int, default=8,
@@ -186,6 +189,7 @@ def _serve(args: argparse.Namespace) -> None:
         concurrency_limit=args.concurrency_limit, warm_pool_max=args.warm_pool_max,
         affinity_wait_s=args.affinity_wait_s, memory_budget_mb=args.memory_budget_mb,
         isolation=args.isolation, sandbox_uid=args.sandbox_uid,
+        sandbox_expose=tuple(args.sandbox_expose),
         allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,

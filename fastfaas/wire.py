@@ -49,6 +49,7 @@ class Sandbox(msgspec.Struct, frozen=True):
     network: bool  # the host's network namespace, or a new one with only loopback
     uid: int  # the unprivileged ids outside the user namespace
     gid: int
+    expose: tuple[str, ...] = ()  # host paths shown read-only even under a hidden directory
 
 
 class ForkZygote(_Msg):
@@ -149,6 +150,7 @@ class Result(_Msg):
     cpu_ns: int = 0
     max_rss_kb: int = 0
     log_tail: bytes = b""
+    request_id: str = ""  # the Invoke's: an answer to another invocation is refused
 
 
 ToTemplate = ForkZygote

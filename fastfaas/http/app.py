@@ -36,6 +36,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     cgroups: str = "auto"
     isolation: str | None = None
     sandbox_uid: int = 65534
+    sandbox_expose: tuple[str, ...] = ()
     warm_pool_size: int = 2
     async_concurrency: int = 32
     concurrency_limit: int = 1000
@@ -120,7 +121,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            affinity_wait_s=opts.affinity_wait_s,
                            memory_budget_mb=opts.memory_budget_mb,
                            isolation=opts.isolation, sandbox_uid=opts.sandbox_uid,
-                           sandbox_gid=opts.sandbox_uid) as rt, \
+                           sandbox_gid=opts.sandbox_uid,
+                           sandbox_expose=opts.sandbox_expose) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:

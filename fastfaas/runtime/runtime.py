@@ -154,6 +154,8 @@ class Runtime:
             own `isolation` overrides it.
         sandbox_uid, sandbox_gid: strict: the unprivileged ids that function
             code runs as, seen from the host (inside, it is uid 1000).
+        sandbox_expose: strict: host paths that functions see, read-only,
+            even where they lie under a directory strict hides (/tmp, /run...).
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class Runtime:
         isolation: str | None = None,
         sandbox_uid: int = SANDBOX_ID,
         sandbox_gid: int = SANDBOX_ID,
+        sandbox_expose: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
@@ -191,7 +194,11 @@ class Runtime:
         self.isolation = "none"  # the server's default level, settled once entered
         self.isolation_levels: tuple[str, ...] = ("none",)
         self.isolation_reason = ""
-        self._strict = wire.Sandbox(str(self.data_dir), False, sandbox_uid, sandbox_gid)
+        expose = tuple(os.path.realpath(p) for p in sandbox_expose)
+        missing = [p for p in expose if not os.path.exists(p)]
+        if missing:
+            raise errors.IsolationError(f"sandbox_expose: no such path(s): {', '.join(missing)}")
+        self._strict = wire.Sandbox(str(self.data_dir), False, sandbox_uid, sandbox_gid, expose)
         self._pool_sandbox: wire.Sandbox | None = None  # the warming pool's kind of zygote
         self._pool_sizer = policy.PoolSizer(
             warm_pool_size, max(8, warm_pool_size) if warm_pool_max is None else warm_pool_max)
@@ -1197,7 +1204,8 @@ class Runtime:
                 got = None
         except trio.Cancelled:
             if self._nursery is not None and not self._closing:
-                self._nursery.start_soon(self._finish_abandoned, inst, entry, cpu_base)
+                self._nursery.start_soon(self._finish_abandoned, inst, entry, cpu_base,
+                                         request_id)
             else:
                 entry.finish()
                 self._retire(inst)
@@ -1223,15 +1231,27 @@ class Runtime:
                               f"Task timed out after {timeout:.2f} seconds"),
                 start, request_id, instance_id=inst.instance_id, duration_us=int(timeout * 1e6))
         result: wire.Result | None = None
+        bad: FunctionError | None = None
         if got is not None:
             wire.close_all(got[1])
             try:
                 result = wire.instance_out.decode(got[0])
-            except msgspec.DecodeError:
-                result = None
-        if result is None:
+            except ValueError as exc:  # msgspec.DecodeError: garbage on its channel
+                bad = _invalid_response(f"a malformed message ({exc})")
+            else:
+                if len(result.payload) > wire.MAX_PAYLOAD:  # past the instance's own check
+                    bad = FunctionError(errors.RESULT_TOO_LARGE, "ResultTooLarge",
+                                        f"Response payload size ({len(result.payload)} bytes)"
+                                        " exceeded maximum allowed payload size"
+                                        f" ({wire.MAX_PAYLOAD} bytes).")
+                elif result.request_id != request_id:
+                    bad = _invalid_response("an answer that is not this invocation's")
+        if bad is not None or result is None:
+            if bad is not None:
+                # Its code wrote on its channel: nothing the instance says can be trusted.
+                inst.kill()
             with trio.CancelScope(shield=True):
-                died = await self._instance_died(inst, start, request_id)
+                died = await self._instance_died(inst, start, request_id, bad)
             return died
         cg = inst.cgroup
         if cg is not None:
@@ -1261,7 +1281,7 @@ class Runtime:
 
     @trio.lowlevel.enable_ki_protection
     async def _finish_abandoned(self, inst: InstanceHandle, entry: Deadline,
-                                cpu_base: int) -> None:
+                                cpu_base: int, request_id: str) -> None:
         """The caller was cancelled: let the invocation run to its end, drop its result."""
         assert inst.chan is not None
         with trio.CancelScope(shield=True):
@@ -1272,7 +1292,7 @@ class Runtime:
             entry.finish()
             self.counters["abandoned"] += 1
             with contextlib.suppress(_Retry):  # it never reached a handler: nothing to do
-                await self._finish(inst.fv, inst, "abandoned", "", got, cpu_base)
+                await self._finish(inst.fv, inst, "abandoned", request_id, got, cpu_base)
 
     @trio.lowlevel.enable_ki_protection
     async def _watch_deadlines(self) -> None:
@@ -1293,8 +1313,10 @@ class Runtime:
                 inst.timed_out = True
                 inst.kill()
 
-    async def _instance_died(self, inst: InstanceHandle, start: str,
-                             request_id: str) -> InvocationResult:
+    async def _instance_died(self, inst: InstanceHandle, start: str, request_id: str,
+                             killed_for: FunctionError | None = None) -> InvocationResult:
+        """The result of an invocation whose instance died, or was killed for
+        what it sent (`killed_for`, the error to report)."""
         with trio.move_on_after(EXIT_STATUS_WAIT_S):
             await inst.spawned.wait()
             if inst.proc is not None:
@@ -1305,6 +1327,9 @@ class Runtime:
         proc = inst.proc
         oom = inst.cgroup is not None and self.cgroups.oom_kills(inst.cgroup) > inst.cgroup.oom_seen
         self._retire(inst)
+        if killed_for is not None:
+            self.counters["invalid_responses"] += 1
+            return _error_result(killed_for, start, request_id, instance_id=inst.instance_id)
         if oom:
             self.counters["oom"] += 1
             mb = inst.fv.config.memory_mb
@@ -1790,6 +1815,11 @@ def _event_bytes(event: Any, payload: bytes | None) -> bytes:
         raise RequestTooLargeError(
             f"the event is {len(raw)} bytes; the limit is {wire.MAX_PAYLOAD} bytes")
     return raw
+
+
+def _invalid_response(what: str) -> FunctionError:
+    return FunctionError(errors.CRASHED, "Runtime.InvalidResponse",
+                         f"the instance sent {what} on its channel and was killed")
 
 
 def _init_error(message: str, error_type: str = "Runtime.InitError") -> FunctionError:

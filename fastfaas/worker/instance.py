@@ -212,6 +212,7 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
             cpu_ns=_cpu_since(cpu0, info),
             max_rss_kb=_max_rss_kb(info),
             log_tail=_take_log_tail(),
+            request_id=msg.request_id,
         )
     duration = time.perf_counter_ns() - t0
     try:
@@ -231,6 +232,7 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
             error_message=message,
             duration_ns=duration,
             log_tail=_take_log_tail(),
+            request_id=msg.request_id,
         )
     too_large = len(payload) > wire.MAX_PAYLOAD
     if too_large:
@@ -250,6 +252,7 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
         cpu_ns=_cpu_since(cpu0, info),
         max_rss_kb=_max_rss_kb(info),
         log_tail=_take_log_tail(),
+        request_id=msg.request_id,
     )
 
 

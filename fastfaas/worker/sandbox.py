@@ -6,10 +6,12 @@ Two steps, both in the zygote that will run the user's code:
    made it PID 1 of a new PID namespace), still root: new mount, IPC, UTS and
    (unless the function opts into the host's) network namespaces, a new
    /proc, and the filesystem view. The view hides what a function has no
-   business reading behind tmpfs (/root, /home, /tmp, /var, /dev/shm and
-   fastfaas's data directory) and shows again, read-only, what the
+   business reading behind tmpfs (/root, /home, /tmp, /var, /run, /dev/shm
+   and fastfaas's data directory) and shows again, read-only, what the
    interpreter itself needs when it lives under one of those (pyenv under
-   /root, a virtualenv under /tmp). The network namespace (~0.7 ms) is made
+   /root, a virtualenv under /tmp), the host's resolv.conf and the paths the
+   operator exposes. Everything else of the host is read-only: the only
+   places a function can write are tmpfs of its own zygote. The network namespace (~0.7 ms) is made
    here, ahead of need, never on a request's path.
 2. `enter_function`, at the claim, before the import: the function's code
    read-only at /var/task, /tmp sized for it; then a new user namespace in
@@ -24,7 +26,9 @@ Instances inherit all of it through fork; each gets its own TMPDIR under
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import socket
 import sys
@@ -33,7 +37,7 @@ from typing import Any
 from fastfaas import _native
 from fastfaas.wire import Sandbox
 
-HIDDEN = ("/root", "/home", "/tmp", "/var", "/dev/shm")
+HIDDEN = ("/root", "/home", "/tmp", "/var", "/run", "/dev/shm")
 TASK_ROOT = "/var/task"
 INSIDE_UID = 1000
 INSIDE_GID = 1000
@@ -46,16 +50,41 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def runtime_paths() -> list[str]:
-    """What this interpreter reads after the fork: its prefixes, its import path."""
+def runtime_paths(expose: tuple[str, ...] = ()) -> list[str]:
+    """What this interpreter reads after the fork (its prefixes, its import
+    path), the resolver's configuration, and what the operator exposes."""
     import fastfaas
 
     found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.dirname(os.path.abspath(fastfaas.__file__)))}
+             os.path.dirname(os.path.dirname(os.path.abspath(fastfaas.__file__))),
+             "/etc/resolv.conf", *expose}
     found.update(p for p in sys.path if p)
     real = sorted({os.path.realpath(p) for p in found if os.path.isabs(p) and os.path.exists(p)})
     # Outermost only: a bind of /a brings /a/b with it.
     return [p for p in real if not any(q != p and _under(p, q) for q in real)]
+
+
+def _readonly_everything() -> None:
+    """Every mount of this (private) namespace read-only: the host's
+    world-writable directories (/run/lock, /dev/mqueue, ...) are not the
+    function's to fill. The tmpfs mounted afterwards are its only writable places."""
+    try:
+        _native.readonly_tree("/")
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+    with open("/proc/self/mountinfo", "rb") as f:  # before Linux 5.12: one by one
+        points = [os.fsdecode(_unescape(line.split()[4])) for line in f]
+    for point in points:
+        with contextlib.suppress(OSError):  # gone, or under another, hidden one
+            _native.mount(None, point, None,
+                          _native.REMOUNT | _native.BIND | _native.RDONLY | _MOUNT_FLAGS)
+
+
+def _unescape(field: bytes) -> bytes:
+    """mountinfo's octal escapes (\\040 for a space) undone."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 def _tmpfs(target: str, options: str) -> None:
@@ -85,13 +114,14 @@ def isolate_generic(sandbox: Sandbox) -> int:
         flags |= _native.NEWNET
     _native.unshare(flags)
     _native.mount(None, "/", None, _native.REC | _native.PRIVATE)  # nothing leaks back out
+    _readonly_everything()
     _native.mount("proc", "/proc", "proc", _MOUNT_FLAGS | _native.NOEXEC)
     data_dir = os.path.realpath(sandbox.data_dir)
     code_root = os.open(os.path.join(data_dir, "code"),
                         os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     hidden = [h for h in HIDDEN if os.path.isdir(h) and not os.path.islink(h)]
     keep = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC), os.path.isdir(p))
-            for p in runtime_paths() if any(_under(p, h) for h in hidden)]
+            for p in runtime_paths(sandbox.expose) if any(_under(p, h) for h in hidden)]
     for h in hidden:
         mode = "1777" if h in ("/tmp", "/dev/shm") else "755"
         _tmpfs(h, f"size={'64m' if h != '/tmp' else '1m'},mode={mode}")
@@ -106,6 +136,9 @@ def isolate_generic(sandbox: Sandbox) -> int:
         for name, to in (("tmp", "/tmp"), ("run", "/run"), ("lock", "/run/lock")):
             with contextlib.suppress(FileExistsError):
                 os.symlink(to, f"/var/{name}")
+    if "/run" in hidden:
+        os.makedirs("/run/lock", exist_ok=True)
+        os.chmod("/run/lock", 0o1777)
     if not sandbox.network:
         _native.loopback_up()
     socket.sethostname(HOSTNAME)

@@ -144,23 +144,26 @@ def _takes_context(handler: Callable[..., Any]) -> bool:
     return bool(code.co_argcount - bound >= 2)
 
 
-def _capture_start() -> tuple[int, int, int]:
-    saved1, saved2 = os.dup(1), os.dup(2)
+def _capture_start() -> int:
+    """The import's output into a memfd. The server's stderr, which this process
+    inherited, is not kept: the user's code must not hold it (a thread or a
+    daemon started at import would keep it for the zygote's life)."""
     capture = os.memfd_create("fastfaas-init-log", os.MFD_CLOEXEC)
     os.dup2(capture, 1)
     os.dup2(capture, 2)
-    return capture, saved1, saved2
+    return capture
 
 
-def _capture_end(capture: int, saved1: int, saved2: int) -> bytes:
+def _capture_end(capture: int) -> bytes:
+    """The import's last output; the zygote's own from then on goes nowhere."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
-    os.dup2(saved1, 1)
-    os.dup2(saved2, 2)
-    os.close(saved1)
-    os.close(saved2)
     tail = instance.read_tail(capture, os.lseek(capture, 0, os.SEEK_END))
+    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
     os.close(capture)
     return tail
 
@@ -218,12 +221,12 @@ def _claim(chan: wire.BlockingChannel, claim: Claim,
     try:
         handler, two_args = resolve_handler(claim.handler)
     except BaseException as exc:
-        log = _capture_end(*capture)
+        log = _capture_end(capture)
         error_type, message, _ = instance.error_body(exc, skip_frames=0)
         stack = traceback.format_exception(exc)
         chan.send(Claimed(False, error_type, message, stack, log))
         os._exit(0)
-    log = _capture_end(*capture)
+    log = _capture_end(capture)
     gc.collect()
     gc.freeze()
     chan.send(Claimed(True, log_tail=log, threads=os_threads()))

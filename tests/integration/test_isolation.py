@@ -34,6 +34,12 @@ def attempt(fn):
         return "ok"
     except OSError as exc:
         return exc.strerror
+def write_devnull():
+    with open("/dev/null", "w") as f:
+        f.write("x")
+def write_usr():
+    with open("/usr/fastfaas-probe", "w") as f:
+        f.write("x")
 def write_task_root():
     with open("/var/task/new.txt", "w") as f:
         f.write("x")
@@ -48,6 +54,7 @@ def handler(event, context):
         "task_root": os.environ["LAMBDA_TASK_ROOT"], "tmpdir": os.environ.get("TMPDIR"),
         "code": sorted(os.listdir(".")),
         "write_code": attempt(write_task_root),
+        "write_devnull": attempt(write_devnull), "write_usr": attempt(write_usr),
         "data_dir": attempt(lambda: os.listdir(event["data_dir"])),
         "home": sorted(os.listdir("/home")), "root": sorted(os.listdir("/root")),
         "var": sorted(os.listdir("/var")),
@@ -141,6 +148,8 @@ async def test_strict_runs_code_unprivileged_in_its_own_namespaces(strict, make_
     assert v["hostname"] == "fastfaas"
     assert v["cwd"] == v["task_root"] == "/var/task" and v["code"] == ["app.py"]
     assert v["write_code"] == "Read-only file system"
+    # The host is read-only (only its own tmpfs are writable); devices still work.
+    assert v["write_usr"] == "Read-only file system" and v["write_devnull"] == "ok"
     assert v["data_dir"] in ("No such file or directory", "Permission denied")
     # Hidden, but for what the interpreter itself needs (pyenv lives under /root here).
     assert v["home"] == [] and set(v["root"]) <= {".pyenv"}
