@@ -43,6 +43,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     chan = wire.BlockingChannel(socket.socket(fileno=ctl_fd))
     wakeup = zygote.SignalWakeup(signal.SIGCHLD)
+    _native.seccomp_length()  # the filter is built here, once, for every zygote forked
     gc.collect()
     gc.freeze()
     chan.send(TemplateReady(os.getpid()))
