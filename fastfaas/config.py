@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Final
 
@@ -14,6 +15,8 @@ HANDLER_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*
 ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV: Final = ("AWS_LAMBDA_", "LAMBDA_TASK_ROOT", "_HANDLER")
 ISOLATION_LEVELS: Final = ("none", "standard", "strict")
+# What functions see as their region (AWS_REGION, ARNs), from the server's environment.
+REGION: Final = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 # What changes which zygote serves a function (code, handler, env, memory...).
 ZYGOTE_FIELDS: Final = ("handler", "memory_mb", "timeout_s", "env", "isolation", "network",
                         "tmp_mb")

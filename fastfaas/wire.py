@@ -88,6 +88,7 @@ class Claim(_Msg):
     rlimits: list[tuple[int, int, int]]
     self_usage: bool = True  # no cgroups: the instance measures its own CPU and memory
     tmp_mb: int = 512  # strict: the size of the zygote's own /tmp
+    region: str = "us-east-1"  # AWS_REGION, and the region of its ARN
 
 
 class Claimed(_Msg):

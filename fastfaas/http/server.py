@@ -264,6 +264,11 @@ class HttpServer:
     async def _send_error(self, sock: socket.socket, status: int, code: str,
                           message: str) -> None:
         response = error_response(status, code, message)
+        if status == 413:
+            # Refused before any app saw the request: say it in Lambda's words too,
+            # so that boto3 raises RequestTooLargeException (the body's `message`
+            # is what botocore reads).
+            response.headers.append((b"x-amzn-errortype", b"RequestTooLargeException"))
         with contextlib.suppress(OSError), trio.move_on_after(5):
             await send_all(sock, encode_response(status, response.headers, response.body,
                                                   keep_alive=False))

@@ -30,7 +30,13 @@ import msgspec
 import trio
 
 from fastfaas import _native, errors, wire
-from fastfaas.config import ISOLATION_LEVELS, ZYGOTE_FIELDS, FunctionConfig, check_name
+from fastfaas.config import (
+    ISOLATION_LEVELS,
+    REGION,
+    ZYGOTE_FIELDS,
+    FunctionConfig,
+    check_name,
+)
 from fastfaas.errors import (
     CgroupError,
     FunctionNotFoundError,
@@ -1083,6 +1089,7 @@ class Runtime:
             rlimits=self._instance_rlimits(cfg, fv.cgrouped),
             self_usage=not fv.cgrouped,
             tmp_mb=cfg.tmp_mb,
+            region=REGION,
         )
         try:
             await z.chan.send(claim, cg.join_fds if cg else [])

@@ -31,8 +31,10 @@ class LambdaContext:
     __slots__ = (
         "_deadline",
         "aws_request_id",
+        "client_context",
         "function_name",
         "function_version",
+        "identity",
         "invoked_function_arn",
         "log_group_name",
         "log_stream_name",
@@ -48,6 +50,8 @@ class LambdaContext:
         self.log_stream_name = "fastfaas"
         self.aws_request_id = request_id
         self._deadline = deadline
+        self.identity = None  # Cognito identity and mobile client context: none here
+        self.client_context = None
 
     def _next(self, request_id: str, deadline: float) -> LambdaContext:
         """This instance's context, for its next invocation.
@@ -70,14 +74,37 @@ class FunctionInfo:
     __slots__ = ("arn", "context", "function_name", "memory_mb", "self_usage", "version")
 
     def __init__(self, function_name: str, version: str, memory_mb: int,
-                 self_usage: bool = True) -> None:
+                 self_usage: bool = True, region: str = "us-east-1") -> None:
         self.function_name = function_name
         self.version = version
         self.memory_mb = memory_mb
         # Measure CPU and peak memory in the instance (no cgroups to read them from).
         self.self_usage = self_usage
-        self.arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
+        self.arn = f"arn:aws:lambda:{region}:000000000000:function:{function_name}"
         self.context = LambdaContext(self, "", 0.0)
+
+
+def lambda_logging(info: FunctionInfo) -> None:
+    """The root logger writes to the invocation's log, as Lambda's Python runtime sets
+    it up: `[LEVEL]\tTIME\tREQUEST ID\tmessage`. Only when the function's import
+    brought `logging` in (a function that never logs does not pay for it)."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    context = info.context
+
+    class _RequestId(logging.Filter):  # type: ignore[name-defined,misc]
+        def filter(self, record: Any) -> bool:
+            record.aws_request_id = context.aws_request_id
+            return True
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(
+        "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+        "%Y-%m-%dT%H:%M:%S"))
+    handler.formatter.converter = time.gmtime
+    handler.addFilter(_RequestId())
+    logging.getLogger().addHandler(handler)
 
 
 def error_body(exc: BaseException, skip_frames: int = 1) -> tuple[str, str, bytes]:

@@ -210,6 +210,8 @@ def _claim(chan: wire.BlockingChannel, claim: Claim,
             "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(claim.timeout_s)),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{claim.function_name}",
             "AWS_LAMBDA_RUNTIME_API": "",
+            "AWS_REGION": claim.region,
+            "AWS_DEFAULT_REGION": claim.region,
             "LAMBDA_TASK_ROOT": task_root,
             "_HANDLER": claim.handler,
         }
@@ -238,7 +240,8 @@ def _function_zygote(
     strict: bool,
 ) -> None:
     info = instance.FunctionInfo(claim.function_name, claim.version, claim.memory_mb,
-                                 claim.self_usage)
+                                 claim.self_usage, claim.region)
+    instance.lambda_logging(info)
     fork_hook = ThreadingForkHook()
     rlimits = [tuple(r) for r in claim.rlimits]
     wakeup = SignalWakeup(signal.SIGCHLD)
