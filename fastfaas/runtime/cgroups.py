@@ -32,9 +32,6 @@ INSTANCE_PIDS_MAX: Final = 1024
 ZYGOTE_PIDS_MAX: Final = 4096
 CFS_PERIOD_US: Final = 100_000
 PREFIX: Final = "fastfaas-"
-# A subtree of another PID namespace's runtime is removed as stale once it has
-# held no process and not changed for this long.
-OTHER_NS_STALE_S: Final = 60.0
 MiB: Final = 1024 * 1024
 
 
@@ -283,13 +280,7 @@ class Cgroups:
                 continue
             pidns, pid, start = parts[0], parts[1], parts[2]
             if pidns != own_ns:
-                # A runtime in another PID namespace: its pid means nothing here. A
-                # live one always holds its template; empty and untouched for a
-                # while, it is a dead one's (killed with its namespace, say).
-                if not _holds_processes(entry) and _age_s(entry) > OTHER_NS_STALE_S:
-                    remove_tree(entry)
-                    self.stale_removed.append(str(entry))
-                continue
+                continue  # a runtime in another PID namespace: its pid means nothing here
             if not pid.isdigit() or int(pid) == os.getpid():
                 continue
             if _starttime(int(pid)) == start:
@@ -524,17 +515,6 @@ def read_pids(d: Path) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
-
-
-def _holds_processes(root: Path) -> bool:
-    return any(read_pids(d) for d in _walk_bottom_up(root))
-
-
-def _age_s(path: Path) -> float:
-    try:
-        return time.time() - path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _walk_bottom_up(root: Path) -> Iterator[Path]:
