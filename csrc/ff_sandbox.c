@@ -203,7 +203,9 @@ static const int denied[] = {
 };
 
 #define N_DENIED ((int)(sizeof denied / sizeof denied[0]))
-#define FILTER_MAX (N_DENIED + 16) /* arch, nr, x32, clone3, clone and the returns: 12 */
+
+static const unsigned families[] = {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK};
+#define FILTER_MAX (N_DENIED + 32) /* arch, nr, x32, clone3, clone, socket and the returns */
 
 static struct sock_filter filter[FILTER_MAX];
 static int filter_len = -1;
@@ -215,7 +217,8 @@ static void build_filter(void)
      * are forward and relative). */
     struct sock_filter *f = filter;
     int to_eperm[N_DENIED + 2], n_eperm = 0, to_enosys;
-    int n = 0, i, eperm_at, enosys_at;
+    int to_allow_t[8], n_allow_t = 0, to_allow_f[2], n_allow_f = 0;
+    int n = 0, i, allow_at, eperm_at, enosys_at;
 
     f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
                                           offsetof(struct seccomp_data, arch));
@@ -238,8 +241,23 @@ static void build_filter(void)
     f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
                                           offsetof(struct seccomp_data, args[0]));
     to_eperm[n_eperm++] = n;
+    to_allow_f[n_allow_f++] = n;
     f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K,
                                           (unsigned)ff_clone_ns_flags, 0, 0);
+    /* socket, socketpair: the families a function has use for. Others (AF_VSOCK,
+     * which no network namespace confines; AF_ALG; rare ones that load modules)
+     * answer EAFNOSUPPORT. */
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_socket, 1, 0);
+    to_allow_f[n_allow_f++] = n;
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_socketpair, 0, 0);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                          offsetof(struct seccomp_data, args[0]));
+    for (i = 0; i < (int)(sizeof families / sizeof families[0]); i++) {
+        to_allow_t[n_allow_t++] = n;
+        f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, families[i], 0, 0);
+    }
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT);
+    allow_at = n;
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     eperm_at = n;
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
@@ -248,8 +266,12 @@ static void build_filter(void)
 
     for (i = 0; i < n_eperm; i++)
         f[to_eperm[i]].jt = (unsigned char)(eperm_at - to_eperm[i] - 1);
+    for (i = 0; i < n_allow_t; i++)
+        f[to_allow_t[i]].jt = (unsigned char)(allow_at - to_allow_t[i] - 1);
+    for (i = 0; i < n_allow_f; i++)
+        f[to_allow_f[i]].jf = (unsigned char)(allow_at - to_allow_f[i] - 1);
     f[to_enosys].jt = (unsigned char)(enosys_at - to_enosys - 1);
-    filter_len = n;
+    filter_len = n; /* < 256 instructions, so every jump fits its 8 bits */
 }
 
 int ff_seccomp_length(void)

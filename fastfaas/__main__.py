@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--isolation", choices=("none", "standard", "strict"), default=None,
                    help="the functions' default isolation level (default: the strongest"
                         " this machine allows: strict as root)")
+    s.add_argument("--allow-weaker-isolation", action="store_true",
+                   help="let a function ask for a level below --isolation (by default the"
+                        " server's level is also the least a function gets)")
     s.add_argument("--sandbox-uid", type=int, default=65534,
                    help="strict: the unprivileged uid and gid function code runs as, seen"
                         " from the host (default 65534)")
@@ -190,6 +193,7 @@ def _serve(args: argparse.Namespace) -> None:
         affinity_wait_s=args.affinity_wait_s, memory_budget_mb=args.memory_budget_mb,
         isolation=args.isolation, sandbox_uid=args.sandbox_uid,
         sandbox_expose=tuple(args.sandbox_expose),
+        allow_weaker_isolation=args.allow_weaker_isolation,
         allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,

@@ -37,6 +37,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     isolation: str | None = None
     sandbox_uid: int = 65534
     sandbox_expose: tuple[str, ...] = ()
+    allow_weaker_isolation: bool = False
     warm_pool_size: int = 2
     async_concurrency: int = 32
     concurrency_limit: int = 1000
@@ -122,7 +123,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            memory_budget_mb=opts.memory_budget_mb,
                            isolation=opts.isolation, sandbox_uid=opts.sandbox_uid,
                            sandbox_gid=opts.sandbox_uid,
-                           sandbox_expose=opts.sandbox_expose) as rt, \
+                           sandbox_expose=opts.sandbox_expose,
+                           allow_weaker_isolation=opts.allow_weaker_isolation) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:

@@ -71,6 +71,8 @@ MEMORY_MEASURE_S = 0.5
 MEMORY_MEASURE_SLOW_S = 2.0  # with more than 200 processes
 MEASURE_BATCH = 64  # reads between two checkpoints
 REAP_PER_TICK = 16  # idle instances reaped per look of the reaper, at most
+MAX_ERROR_TYPE = 256  # what the server keeps of an error's type and message, whatever
+MAX_ERROR_MESSAGE = 4096  # an instance or zygote sends
 SANDBOX_ID = 65534  # strict: the uid and gid (outside its user namespace) of function code
 SPARES_MAX = 16  # policy.SpareSizer's default cap
 INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
@@ -162,6 +164,8 @@ class Runtime:
             code runs as, seen from the host (inside, it is uid 1000).
         sandbox_expose: strict: host paths that functions see, read-only,
             even where they lie under a directory strict hides (/tmp, /run...).
+        allow_weaker_isolation: let a function ask for a level below the
+            default (by default the default is also the floor).
     """
 
     def __init__(
@@ -187,6 +191,7 @@ class Runtime:
         sandbox_uid: int = SANDBOX_ID,
         sandbox_gid: int = SANDBOX_ID,
         sandbox_expose: Sequence[str | os.PathLike[str]] = (),
+        allow_weaker_isolation: bool = False,
     ) -> None:
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
@@ -197,9 +202,13 @@ class Runtime:
         self.data_dir = Path(data_dir).resolve()
         self.cgroups = Cgroups(cgroups)
         self._isolation_asked = isolation
+        self.allow_weaker_isolation = allow_weaker_isolation
         self.isolation = "none"  # the server's default level, settled once entered
         self.isolation_levels: tuple[str, ...] = ("none",)
         self.isolation_reason = ""
+        if sandbox_uid <= 0 or sandbox_gid <= 0:
+            raise errors.IsolationError("sandbox_uid and sandbox_gid must not be root's (0):"
+                                        " function code would own root's files")
         expose = tuple(os.path.realpath(p) for p in sandbox_expose)
         missing = [p for p in expose if not os.path.exists(p)]
         if missing:
@@ -355,6 +364,14 @@ class Runtime:
     def _isolation_of(self, cfg: FunctionConfig) -> str:
         """The function's level, or InvalidRequestError if this server cannot give it."""
         level = cfg.isolation or self.isolation
+        weaker = ISOLATION_LEVELS.index(level) < ISOLATION_LEVELS.index(self.isolation)
+        if weaker and not self.allow_weaker_isolation:
+            # The server's level is a floor: whoever may deploy (a strict function
+            # with the host's network, say) must not get out by asking for less.
+            raise InvalidRequestError(
+                f"invalid function configuration: isolation {level!r} is weaker than this"
+                f" server's {self.isolation!r}; the server must allow it"
+                " (--allow-weaker-isolation)")
         if level not in self.isolation_levels:
             raise InvalidRequestError(
                 f"invalid function configuration: isolation {level!r} is not available on"
@@ -1119,11 +1136,12 @@ class Runtime:
                     "Init.OutOfMemory")
             return _init_error(f"the zygote exited with {why} while importing {cfg.handler!r}",
                                "Init.Crashed")
-        fv.init_log = claimed.log_tail
+        fv.init_log = claimed.log_tail[-wire.LOG_TAIL:]
         if not claimed.ok:
             z.stop()
-            return FunctionError(errors.INIT_ERROR, claimed.error_type, claimed.error_message,
-                                 list(claimed.stack_trace))
+            return FunctionError(errors.INIT_ERROR, claimed.error_type[:MAX_ERROR_TYPE],
+                                 claimed.error_message[:MAX_ERROR_MESSAGE],
+                                 [line[:MAX_ERROR_MESSAGE] for line in claimed.stack_trace[:200]])
         if claimed.threads > 1:
             print(f"fastfaas: {fv.name}: its import started {claimed.threads - 1} thread(s); "
                   "threads do not survive the fork into instances", file=sys.stderr)
@@ -1277,14 +1295,16 @@ class Runtime:
         error = None
         if not result.ok:
             kind = errors.RESULT_TOO_LARGE if result.too_large else errors.UNHANDLED
-            error = FunctionError(kind, result.error_type, result.error_message,
+            # Bounded here too: the instance's code may have sent this Result itself.
+            error = FunctionError(kind, result.error_type[:MAX_ERROR_TYPE],
+                                  result.error_message[:MAX_ERROR_MESSAGE],
                                   _stack_of(result.payload))
             payload = result.payload or _error_payload(error)
         else:
             payload = result.payload
         return InvocationResult(payload, error, start, inst.instance_id, request_id,
                                 result.duration_ns // 1000, Usage(peak, cpu_ns // 1000),
-                                result.log_tail)
+                                result.log_tail[-wire.LOG_TAIL:])
 
     @trio.lowlevel.enable_ki_protection
     async def _finish_abandoned(self, inst: InstanceHandle, entry: Deadline,
@@ -1425,6 +1445,11 @@ class Runtime:
                 inst.proc.close()
             if cg is not None:
                 reusable = await trio.to_thread.run_sync(self._empty_cgroup, cg)
+                # A strict function's code ran in a zygote that held this cgroup's
+                # join descriptors (opened by root): it may have kept copies. Reused
+                # for another function, they would let it join that one's cgroup.
+                # A new cgroup instead: a removed one's descriptors write nowhere.
+                reusable = reusable and inst.fv.isolation != "strict"
                 if reusable and len(self._cg_free) < self.cgroup_pool_size * 2:
                     self.cgroups.ensure_join_fds(cg)
                     self._cg_free.append(cg)
@@ -1841,7 +1866,7 @@ def _error_payload(error: FunctionError) -> bytes:
 def _stack_of(payload: bytes) -> list[str]:
     try:
         body = msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+    except ValueError:  # msgspec.DecodeError, UnicodeDecodeError
         return []
     stack = body.get("stackTrace") if isinstance(body, dict) else None
     return [str(s) for s in stack] if isinstance(stack, list) else []

@@ -326,6 +326,9 @@ class Template:
             waiter = self._pending.pop(msg.zygote_id, None)
             if waiter is None or len(fds) != 1:
                 wire.close_all(fds)
+                if waiter is not None:  # the template could not fork it (no pidfd)
+                    waiter[1].append(None)
+                    waiter[0].set()
                 return
             waiter[1].append((msg, fds[0]))
             waiter[0].set()
@@ -365,7 +368,8 @@ class Template:
             raise
         if not box or box[0] is None:
             handle.chan.close()
-            raise ZygoteError("the template zygote exited while forking a zygote")
+            raise ZygoteError("the template zygote could not fork a zygote, or exited"
+                              " meanwhile (its stderr says why)")
         msg, pidfd = box[0]
         handle.proc = Process(msg.pid, pidfd)
         self.zygotes[zygote_id] = handle

@@ -38,6 +38,7 @@ from fastfaas import _native
 from fastfaas.wire import Sandbox
 
 HIDDEN = ("/root", "/home", "/tmp", "/var", "/run", "/dev/shm")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 TASK_ROOT = "/var/task"
 INSIDE_UID = 1000
 INSIDE_GID = 1000
@@ -77,14 +78,29 @@ def _readonly_everything() -> None:
     with open("/proc/self/mountinfo", "rb") as f:  # before Linux 5.12: one by one
         points = [os.fsdecode(_unescape(line.split()[4])) for line in f]
     for point in points:
-        with contextlib.suppress(OSError):  # gone, or under another, hidden one
-            _native.mount(None, point, None,
-                          _native.REMOUNT | _native.BIND | _native.RDONLY | _MOUNT_FLAGS)
+        try:
+            _native.mount(None, point, None, _native.REMOUNT | _native.BIND | _native.RDONLY)
+        except FileNotFoundError:
+            continue  # under another mount that hides it: not reachable anyway
 
 
 def _unescape(field: bytes) -> bytes:
     """mountinfo's octal escapes (\\040 for a space) undone."""
     return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+def _minimal_dev(devices: list[tuple[str, int]]) -> None:
+    """A /dev of its own: the host's (device nodes work on a read-only mount: ptys,
+    /dev/kvm, /dev/kmsg...) replaced by a tmpfs holding the harmless devices."""
+    _tmpfs("/dev", "size=64k,mode=755")
+    for name, fd in devices:
+        _mountpoint(f"/dev/{name}", False)
+        _native.mount(f"/proc/self/fd/{fd}", f"/dev/{name}", None, _native.BIND)
+        os.close(fd)
+    for name, to in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(to, f"/dev/{name}")
+    os.mkdir("/dev/shm")  # its own tmpfs follows, with the other hidden directories
 
 
 def _tmpfs(target: str, options: str) -> None:
@@ -119,6 +135,9 @@ def isolate_generic(sandbox: Sandbox) -> int:
     data_dir = os.path.realpath(sandbox.data_dir)
     code_root = os.open(os.path.join(data_dir, "code"),
                         os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    devices = [(name, os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC))
+               for name in DEVICES if os.path.exists(f"/dev/{name}")]
+    _minimal_dev(devices)
     hidden = [h for h in HIDDEN if os.path.isdir(h) and not os.path.islink(h)]
     keep = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC), os.path.isdir(p))
             for p in runtime_paths(sandbox.expose) if any(_under(p, h) for h in hidden)]

@@ -83,6 +83,7 @@ def main(argv: list[str]) -> None:
             except (SpawnError, OSError):
                 traceback.print_exc()
                 os.close(zctl)
+                chan.send(ZygoteForked(msg.zygote_id, 0))  # no pidfd: it failed
                 continue
             if pid == 0:
                 chan.sock.detach()

@@ -57,7 +57,8 @@ def handler(event, context):
         "write_devnull": attempt(write_devnull), "write_usr": attempt(write_usr),
         "data_dir": attempt(lambda: os.listdir(event["data_dir"])),
         "home": sorted(os.listdir("/home")), "root": sorted(os.listdir("/root")),
-        "var": sorted(os.listdir("/var")),
+        "var": sorted(os.listdir("/var")), "dev": sorted(os.listdir("/dev")),
+        "ptmx": attempt(lambda: os.close(os.open("/dev/ptmx", os.O_RDWR))),
     }
 """
 
@@ -76,8 +77,16 @@ CALLS = {"ptrace": (101, 16, 1, 0, 0), "mount": (165, 0, 0, 0, 0, 0), "umount2":
          "kexec_load": (246, 0, 0, 0, 0),
          "process_vm_readv": (310, 1, 0, 0, 0, 0, 0), "clone3": (435, 0, 0),
          "clone_newuser": (56, 0x10000000 | 17, 0, 0, 0, 0), "io_uring_setup": (425, 1, 0)}
+def family(domain):
+    import socket
+    try:
+        socket.socket(domain, socket.SOCK_STREAM).close()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
 def handler(event, context):
     out = {name: call(*args) for name, args in CALLS.items()}
+    out["families"] = {d: family(d) for d in (1, 2, 10, 40, 38)}  # unix inet inet6 vsock alg
     box = []
     t = threading.Thread(target=lambda: box.append("thread"))
     t.start(); t.join()
@@ -154,6 +163,10 @@ async def test_strict_runs_code_unprivileged_in_its_own_namespaces(strict, make_
     # Hidden, but for what the interpreter itself needs (pyenv lives under /root here).
     assert v["home"] == [] and set(v["root"]) <= {".pyenv"}
     assert "task" in v["var"] and v["tmpdir"].startswith("/tmp/instance-")
+    # A /dev of its own: the harmless devices, no ptys, no /dev/kvm or /dev/kmsg.
+    assert set(v["dev"]) <= {"null", "zero", "full", "random", "urandom", "tty", "fd", "stdin",
+                             "stdout", "stderr", "shm"} and "null" in v["dev"]
+    assert v["ptmx"] == "No such file or directory"
     # From the host: the zygote is an unprivileged uid, PID 1 of its own namespace.
     z = strict.describe("inside")["state"]["zygote"]
     st = host_status(z["pid"])
@@ -177,6 +190,10 @@ async def test_seccomp_refuses_with_eperm_and_ordinary_calls_still_work(
     assert {name: v[name] for name in refused} == dict.fromkeys(refused, "EPERM")
     assert v["clone3"] == "ENOSYS"  # so that glibc falls back to clone, which the filter reads
     assert (v["thread"], v["subprocess"], v["fork"]) == ("thread", "hi\n", 7)
+    # Sockets of the families a function has use for; AF_VSOCK (no network namespace
+    # confines it) and AF_ALG are not available.
+    assert v["families"] == {"1": "ok", "2": "ok", "10": "ok", "40": "EAFNOSUPPORT",
+                             "38": "EAFNOSUPPORT"}
 
 
 async def test_network_is_loopback_only_unless_the_function_opts_in(
@@ -223,8 +240,28 @@ async def test_each_instance_has_its_own_tmpdir_removed_when_it_ends(
     assert os.path.basename(gone) not in v["tmp"] and v["tmpdir"] != gone
 
 
-async def test_a_function_can_ask_for_another_level(strict, make_function) -> None:
+async def test_a_function_gets_no_less_than_the_servers_level_unless_allowed(
+        strict, make_function) -> None:
     code = make_function(app=INSIDE)
+    for level in ("standard", "none"):
+        with pytest.raises(InvalidRequestError, match="weaker than this server's 'strict'"):
+            await strict.deploy("weak", source=code, handler="app.handler", isolation=level)
+    assert strict.functions() == []
+    await strict.deploy("plain", source=code, handler="app.handler")
+    with pytest.raises(InvalidRequestError, match="weaker"):
+        await strict.update_config("plain", isolation="none")  # no way out by a change either
+    assert strict.describe("plain")["isolation"] == "strict"
+
+
+async def test_a_function_can_ask_for_another_level_where_allowed(
+        tmp_path, cgroups_mode, make_function) -> None:
+    code = make_function(app=INSIDE)
+    async with fastfaas.Runtime(data_dir=tmp_path / "data", cgroups=cgroups_mode,
+                                isolation="strict", allow_weaker_isolation=True) as strict:
+        await _another_level(strict, code)
+
+
+async def _another_level(strict: fastfaas.Runtime, code: Path) -> None:
     await strict.deploy("std", source=code, handler="app.handler", isolation="standard")
     r = await strict.invoke("std", {"data_dir": str(strict.data_dir)})
     v = r.value()
@@ -240,6 +277,8 @@ async def test_a_level_the_machine_cannot_give_is_a_clear_error(
         tmp_path, make_function, monkeypatch) -> None:
     monkeypatch.delenv("FASTFAAS_ISOLATION")  # the default: the strongest available
     code = make_function(app=TMP)
+    with pytest.raises(IsolationError, match="must not be root's"):
+        fastfaas.Runtime(data_dir=tmp_path / "z", sandbox_uid=0)
     with pytest.raises(IsolationError, match="'strict' is not available"):
         async with fastfaas.Runtime(data_dir=tmp_path / "a", cgroups="off", isolation="strict"):
             pass

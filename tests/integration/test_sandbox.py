@@ -51,7 +51,7 @@ from fastfaas.worker.sandbox import runtime_paths
 from tests.conftest import ServerProcess, alive, descendants
 
 CASES = Path(__file__).parent / "sandbox_cases"
-UNSHARE = ("unshare", "--pid", "--fork", "--kill-child")
+UNSHARE = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
 CGROUPS_MODE = "require"  # strict needs them: without, the server refuses to start
 HTTP_TIMEOUT = 30.0
 WAIT_S = 10.0  # the bound of every wait below: far above what a healthy server needs
@@ -596,6 +596,17 @@ def test_result_over_the_size_limit_sent_past_the_instances_own_check(sbx: Sandb
     r = invoke(sbx.client, "oversize", {"mode": "oversize"})
     assert len(r.content) <= wire.MAX_PAYLOAD + 4096, len(r.content)
     function_error(r, "ResultTooLarge", "ResultTooLarge")
+    assert_unharmed(sbx, r)
+
+
+def test_a_forged_result_with_a_huge_log_tail_is_cut_to_the_tail(sbx: Sandboxed) -> None:
+    """Its own invocation's id, so it answers; the server keeps only the last 4 KB of
+    its log, whatever the instance claims (logs are kept per function, in memory)."""
+    deploy(sbx.client, "biglog", "offenders", "channel", memory_mb=256)
+    r = invoke(sbx.client, "biglog", {"mode": "biglog"})
+    assert ok(r) == "forged log"
+    logs = sbx.client.get("/v1/functions/biglog/logs").json()["entries"]
+    assert logs and all(len(e["log"]) <= wire.LOG_TAIL for e in logs), [len(e["log"]) for e in logs]
     assert_unharmed(sbx, r)
 
 

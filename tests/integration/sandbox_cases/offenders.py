@@ -196,6 +196,16 @@ def channel(event, context):
     elif mode == "forge":
         for fd in socks:
             os.write(fd, wire.encoder.encode(wire.Result(ok=True, payload=b'"forged"')))
+    elif mode == "biglog":  # a result of its own, with the right id and a huge log tail
+        result = wire.Result(ok=True, payload=b'"forged log"', request_id=context.aws_request_id,
+                             log_tail=b"L" * (wire.MAX_PAYLOAD - 4096))
+        data, fds, memfd = wire.outgoing(wire.encoder.encode(result), [])
+        for fd in socks:
+            s = socket.socket(fileno=fd)
+            s.sendmsg([data], wire.ancillary(fds))
+            s.detach()
+        os.close(memfd)
+        os._exit(0)
     elif mode == "oversize":  # a result past the limit, sent past the instance's own check
         body = b'"' + b"z" * (wire.MAX_PAYLOAD + 32 * 1024) + b'"'
         data, fds, memfd = wire.outgoing(wire.encoder.encode(wire.Result(ok=True, payload=body)),
