@@ -18,6 +18,7 @@ import itertools
 import math
 import os
 import resource
+import subprocess
 import sys
 import time
 import uuid
@@ -300,7 +301,11 @@ class Runtime:
             await trio.to_thread.run_sync(self.cgroups.start)
             if not self.cgroups.enabled and self.cgroups.mode == "auto":
                 print(f"fastfaas: {self.cgroups.reason}", file=sys.stderr)
-            self._settle_isolation()
+            probe = ""
+            if self.cgroups.enabled and self._isolation_asked in (None, "strict"):
+                probe = await trio.to_thread.run_sync(
+                    strict_unavailable, self._strict.uid, self._strict.gid, self.python)
+            self._settle_isolation(probe)
             await self._nursery.start(self._keep_template)
             self._open = True
             self._nursery.start_soon(self._fill_warming_pool)
@@ -340,13 +345,14 @@ class Runtime:
                     await self._finish_shutdown()
         return handled  # type: ignore[no-any-return]
 
-    def _settle_isolation(self) -> None:
-        """The levels this machine allows, and the default: the strongest of them."""
+    def _settle_isolation(self, probed: str = "") -> None:
+        """The levels this machine allows, and the default: the strongest of them.
+        `probed`: why strict failed its probe (strict_unavailable), if it did."""
         levels = ["none"]
         why = "strict and standard need writable cgroups: " + self.cgroups.reason
         if self.cgroups.enabled:
             levels.append("standard")
-            why = strict_unavailable()
+            why = probed or strict_unavailable()
             if not why:
                 levels.append("strict")
         self.isolation_levels = tuple(levels)
@@ -1878,8 +1884,13 @@ def _error_result(error: FunctionError, start: str, request_id: str, log: bytes 
                             duration_us, Usage(0, 0), log)
 
 
-def strict_unavailable() -> str:
-    """Why this machine cannot give the strict level; "" when it can."""
+def strict_unavailable(probe_uid: int | None = None, probe_gid: int | None = None,
+                       python: str = sys.executable) -> str:
+    """Why this machine cannot give the strict level; "" when it can.
+
+    With `probe_uid`, a throwaway process also makes a user namespace the way a
+    zygote does (as that uid): a security module may forbid it (Ubuntu 24.04's
+    apparmor_restrict_unprivileged_userns) where the kernel alone would not."""
     if os.geteuid() != 0:
         return "strict needs root"
     try:
@@ -1896,6 +1907,19 @@ def strict_unavailable() -> str:
         return "no /proc/self/status"
     if not os.path.exists("/proc/self/ns/user") or not os.path.exists("/proc/self/ns/pid"):
         return "the kernel has no user or PID namespaces"
+    if probe_uid is not None:
+        gid = probe_uid if probe_gid is None else probe_gid
+        code = ("from fastfaas import _native; _native.enter_user_namespace("
+                f"1000, {int(probe_uid)}, 1000, {int(gid)}); _native.drop_capabilities();"
+                " _native.seccomp_install()")
+        try:
+            done = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+                                  timeout=30, env={"PATH": os.environ.get("PATH", "")})
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the user-namespace probe could not run: {exc}"
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return f"this machine refuses the sandbox's user namespace: {last}"
     return ""
 
 

@@ -140,7 +140,8 @@ def isolate_generic(sandbox: Sandbox) -> int:
     _minimal_dev(devices)
     hidden = [h for h in HIDDEN if os.path.isdir(h) and not os.path.islink(h)]
     keep = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC), os.path.isdir(p))
-            for p in runtime_paths(sandbox.expose) if any(_under(p, h) for h in hidden)]
+            for p in runtime_paths(sandbox.expose)
+            if any(_under(p, h) and p != h for h in hidden)]  # never a hidden root itself
     for h in hidden:
         mode = "1777" if h in ("/tmp", "/dev/shm") else "755"
         _tmpfs(h, f"size={'64m' if h != '/tmp' else '1m'},mode={mode}")

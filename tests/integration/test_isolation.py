@@ -287,3 +287,12 @@ async def test_a_level_the_machine_cannot_give_is_a_clear_error(
         with pytest.raises(InvalidRequestError, match="isolation 'strict' is not available"):
             await rt.deploy("t", source=code, handler="app.handler", isolation="strict")
         assert rt.functions() == []
+
+
+def test_the_strict_probe_makes_a_user_namespace_as_a_zygote_does() -> None:
+    from fastfaas.runtime.runtime import strict_unavailable
+
+    assert strict_unavailable(65534, 65534) == ""  # root here: it works
+    # A machine whose security module refuses it looks like a failing probe.
+    assert "refuses the sandbox's user namespace" in strict_unavailable(
+        65534, 65534, python="/bin/false")
