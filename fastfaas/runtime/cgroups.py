@@ -276,6 +276,8 @@ class Cgroups:
         own_ns = str(_pidns())
         for entry in h.own.glob(f"{PREFIX}*"):
             parts = entry.name[len(PREFIX):].split("-")
+            if len(parts) == 3:  # named before the PID namespace was part of the name
+                parts = [own_ns, *parts]
             if len(parts) != 4 or not entry.is_dir():
                 continue
             pidns, pid, start = parts[0], parts[1], parts[2]

@@ -175,6 +175,8 @@ def test_stale_subtrees_of_dead_runtimes_are_removed_and_others_kept(tmp_path: P
     ns = cg._pidns()
     dead = own / f"fastfaas-{ns}-999999999-1-0"
     (dead / "i0").mkdir(parents=True)
+    dead_old_name = own / "fastfaas-999999998-1-0"  # before the namespace was in the name
+    dead_old_name.mkdir()
     alive_pid = os.getppid()
     alive = own / f"fastfaas-{ns}-{alive_pid}-{cg._starttime(alive_pid)}-0"
     alive.mkdir()
@@ -188,6 +190,6 @@ def test_stale_subtrees_of_dead_runtimes_are_removed_and_others_kept(tmp_path: P
     try:
         assert not dead.exists()
         assert alive.exists() and other.exists() and elsewhere.exists()
-        assert groups.stale_removed == [str(dead)]
+        assert sorted(groups.stale_removed) == sorted([str(dead), str(dead_old_name)])
     finally:
         groups.close()
