@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--isolation", choices=("none", "standard", "strict"), default=None,
                    help="the functions' default isolation level (default: the strongest"
                         " this machine allows: strict as root)")
+    s.add_argument("--aws-credentials", action="append", metavar="KEY_ID:SECRET",
+                   default=[c for c in os.environ.get("FASTFAAS_AWS_CREDENTIALS", "").split(",")
+                            if c],
+                   help="keys the Lambda API verifies SigV4 signatures with (repeatable, or"
+                        " FASTFAAS_AWS_CREDENTIALS, comma-separated); without, it accepts"
+                        " any on loopback and is shut with --token or off loopback")
     s.add_argument("--allow-weaker-isolation", action="store_true",
                    help="let a function ask for a level below --isolation (by default the"
                         " server's level is also the least a function gets)")
@@ -168,6 +174,18 @@ def _parser() -> argparse.ArgumentParser:
 # --- serve -----------------------------------------------------------------------
 
 
+def _credentials(items: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        key_id, sep, secret = item.partition(":")
+        if not sep or not key_id or not secret:
+            print(f"fastfaas: --aws-credentials {item.split(':')[0]!r}...: must look like"
+                  " KEY_ID:SECRET", file=sys.stderr)
+            sys.exit(2)
+        out.append((key_id, secret))
+    return out
+
+
 def _serve(args: argparse.Namespace) -> None:
     import trio
 
@@ -194,6 +212,7 @@ def _serve(args: argparse.Namespace) -> None:
         isolation=args.isolation, sandbox_uid=args.sandbox_uid,
         sandbox_expose=tuple(args.sandbox_expose),
         allow_weaker_isolation=args.allow_weaker_isolation,
+        aws_credentials=tuple(_credentials(args.aws_credentials)),
         allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,

@@ -38,6 +38,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     sandbox_uid: int = 65534
     sandbox_expose: tuple[str, ...] = ()
     allow_weaker_isolation: bool = False
+    aws_credentials: tuple[tuple[str, str], ...] = ()  # the Lambda API's (key id, secret)
     warm_pool_size: int = 2
     async_concurrency: int = 32
     concurrency_limit: int = 1000
@@ -137,6 +138,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                 return
             poller = Poller(store, rt, concurrency=opts.async_concurrency)
             api = NativeApi(rt, store, poller.wake, token=opts.token,
+                            aws_credentials=dict(opts.aws_credentials),
+                            loopback=is_loopback(opts.host),
                             max_body=int(opts.max_body_mb * 1024 * 1024))
             poller.on_result = api.record_async
             http = HttpServer(api, api.body_limit, opts.limits)

@@ -34,6 +34,7 @@ from fastfaas.errors import (
     InvalidRequestError,
     RequestTooLargeError,
 )
+from fastfaas.http import sigv4
 from fastfaas.http.lambda_api import LambdaApi
 from fastfaas.http.lambda_api import error_response as lambda_error
 from fastfaas.http.metrics import Metrics
@@ -69,14 +70,20 @@ class NativeApi:
         runtime: runs the functions.
         store: the registry and the async event queue (SQLite).
         wake_poller: called after an event is queued.
-        token: when set, every request must carry `Authorization: Bearer <token>`.
+        token: when set, every native request must carry `Authorization: Bearer <token>`.
+        aws_credentials: access key id -> secret: the Lambda API verifies SigV4
+            signatures with them. Without, it accepts any on loopback, and is shut
+            when the server has a token or listens elsewhere.
+        loopback: whether the server listens on loopback only.
         max_body: the largest invocation body (default 6 MB).
         health: extra fields for `/healthz`.
     """
 
     def __init__(self, runtime: Runtime, store: Store, wake_poller: Callable[[], None], *,
                  token: str | None = None, max_body: int = 6 * 1024 * 1024,
-                 health: dict[str, Any] | None = None) -> None:
+                 health: dict[str, Any] | None = None,
+                 aws_credentials: dict[str, str] | None = None,
+                 loopback: bool = True) -> None:
         self.runtime = runtime
         self.store = store
         self.wake_poller = wake_poller
@@ -87,6 +94,8 @@ class NativeApi:
         self._write_lock = trio.Lock()  # deploys and config changes, one at a time
         self.started = time.time()
         self.lambda_api = LambdaApi(self)
+        self.aws_credentials = aws_credentials or {}  # access key id -> secret (SigV4)
+        self.loopback = loopback
 
     # --- the App ---------------------------------------------------------------
 
@@ -100,12 +109,18 @@ class NativeApi:
     async def __call__(self, req: Request) -> Response:
         t0 = time.perf_counter_ns()
         if LambdaApi.handles(req.path):
-            if self._expected_auth is not None:
-                # Lambda clients sign with SigV4, which fastfaas does not verify yet:
-                # with a token set, the Lambda API is refused rather than left open.
-                return lambda_error(403, "AccessDeniedException",
-                                    "this server has a token; its Lambda API needs SigV4"
-                                    " verification, which fastfaas does not do yet")
+            if self.aws_credentials:
+                try:
+                    sigv4.verify(req, self.aws_credentials)
+                except sigv4.SignatureError as exc:
+                    return lambda_error(403, exc.error_type, str(exc))
+            elif self._expected_auth is not None or not self.loopback:
+                # Lambda clients sign; with no keys to check them against, a server
+                # that guards its API (a token, or off loopback) keeps this one shut.
+                return lambda_error(403, "UnrecognizedClientException",
+                                    "this server's Lambda API needs keys to verify"
+                                    " signatures with: start it with --aws-credentials"
+                                    " KEY_ID:SECRET")
             return await self.lambda_api(req)
         if self._expected_auth is not None and not hmac.compare_digest(
                 req.header(b"authorization"), self._expected_auth):

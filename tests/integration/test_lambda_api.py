@@ -229,3 +229,33 @@ def test_the_aws_cli_deploys_invokes_and_reads_the_log_tail(
     names = [f["FunctionName"] for f in run("list-functions")["Functions"]]
     assert "from-cli" in names
     run("delete-function", "--function-name", "from-cli")
+
+
+def test_sigv4_is_verified_with_configured_credentials(start_server: Any) -> None:
+    server = start_server("--aws-credentials", "AKIDFASTFAAS:right-secret")
+
+    def client(key_id: str, secret: str) -> Any:
+        return boto3.client("lambda", endpoint_url=server.url, region_name="eu-west-1",
+                            aws_access_key_id=key_id, aws_secret_access_key=secret)
+
+    good = client("AKIDFASTFAAS", "right-secret")
+    create(good, "signed")
+    r = good.invoke(FunctionName="signed", Payload=b'{"signed": true}')
+    assert json.loads(r["Payload"].read())["event"] == {"signed": True}
+    assert [f["FunctionName"] for f in good.list_functions()["Functions"]] == ["signed"]
+    for key_id, secret, code in [("AKIDFASTFAAS", "wrong-secret", "InvalidSignatureException"),
+                                 ("AKIDUNKNOWN", "right-secret", "UnrecognizedClientException")]:
+        with pytest.raises(botocore.exceptions.ClientError) as caught:
+            client(key_id, secret).invoke(FunctionName="signed")
+        assert caught.value.response["Error"]["Code"] == code
+        assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_a_server_with_a_token_and_no_keys_keeps_the_lambda_api_shut(start_server: Any) -> None:
+    server = start_server("--token", "s3cret")
+    aws = boto3.client("lambda", endpoint_url=server.url, region_name="us-east-1",
+                       aws_access_key_id="any", aws_secret_access_key="any")
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        aws.list_functions()
+    assert caught.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    assert "--aws-credentials" in caught.value.response["Error"]["Message"]
