@@ -19,7 +19,7 @@ from fastfaas.errors import FastfaasError, IsolationError
 from fastfaas.events.poller import Poller
 from fastfaas.http.native import NativeApi
 from fastfaas.http.server import HttpServer, Limits
-from fastfaas.runtime.runtime import Runtime
+from fastfaas.runtime.runtime import LATEST, Runtime
 from fastfaas.runtime.store import Store
 
 
@@ -214,10 +214,13 @@ def _remove_leftovers(data_dir: Path) -> None:
 
 def _restore(rt: Runtime, store: Store) -> int:
     count = 0
-    for fn in store.functions():
+    for fn in store.functions():  # $LATEST sorts before the published versions
         try:
-            rt.restore(fn.name, fn.config, fn.code_sha256)
-            count += 1
+            if fn.version == LATEST:
+                rt.restore(fn.name, fn.config, fn.code_sha256)
+                count += 1
+            else:
+                rt.restore_version(fn.name, fn.version, fn.config, fn.code_sha256)
         except FastfaasError as exc:
             print(f"fastfaas: could not restore function {fn.name!r}: {exc}", file=sys.stderr)
     return count

@@ -2,8 +2,8 @@
 
 Routes follow botocore's service model (`requestUri` per operation, under the
 date prefixes it uses). This module covers the functions, Invoke, reserved
-concurrency and the account settings; versions, aliases, provisioned
-concurrency and SigV4 verification are not here yet (see the README).
+concurrency and the account settings; provisioned concurrency is not
+here yet (see the README).
 
 A `FunctionName` may be a name, `name:qualifier`, a full ARN
 (`arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`) or a partial one
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
+import random
 import re
 import sys
 import time
@@ -39,6 +41,7 @@ from fastfaas.errors import (
 from fastfaas.http.protocol import Request
 from fastfaas.http.server import JSON, Response
 from fastfaas.runtime.runtime import LATEST
+from fastfaas.runtime.store import StoredAlias, StoredFunction
 
 if TYPE_CHECKING:
     from fastfaas.http.native import NativeApi
@@ -70,10 +73,18 @@ _ROUTES: Final[list[tuple[bytes, re.Pattern[str], str]]] = [
         ("GET", r"/2019-09-30/functions/([^/]+)/concurrency", "GetFunctionConcurrency"),
         ("DELETE", r"/2017-10-31/functions/([^/]+)/concurrency", "DeleteFunctionConcurrency"),
         ("GET", r"/2016-08-19/account-settings/?", "GetAccountSettings"),
+        ("POST", r"/2015-03-31/functions/([^/]+)/versions", "PublishVersion"),
+        ("GET", r"/2015-03-31/functions/([^/]+)/versions", "ListVersionsByFunction"),
+        ("POST", r"/2015-03-31/functions/([^/]+)/aliases", "CreateAlias"),
+        ("GET", r"/2015-03-31/functions/([^/]+)/aliases", "ListAliases"),
+        ("GET", r"/2015-03-31/functions/([^/]+)/aliases/([^/]+)", "GetAlias"),
+        ("PUT", r"/2015-03-31/functions/([^/]+)/aliases/([^/]+)", "UpdateAlias"),
+        ("DELETE", r"/2015-03-31/functions/([^/]+)/aliases/([^/]+)", "DeleteAlias"),
     ]
 ]
 _NOT_YET: Final = re.compile(
-    r"/20\d\d-\d\d-\d\d/functions/[^/]+/(versions|aliases|provisioned-concurrency)(/.*)?")
+    r"/20\d\d-\d\d-\d\d/functions/[^/]+/(provisioned-concurrency)(/.*)?")
+_ALIAS_NAME = re.compile(r"(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}")
 
 
 class LambdaError(Exception):
@@ -128,7 +139,13 @@ class LambdaApi:
             "GetFunctionConcurrency": self._get_concurrency,
             "DeleteFunctionConcurrency": self._delete_concurrency,
             "GetAccountSettings": self._account_settings,
+            "PublishVersion": self._publish, "ListVersionsByFunction": self._list_versions,
+            "CreateAlias": self._create_alias, "ListAliases": self._list_aliases,
+            "GetAlias": self._get_alias, "UpdateAlias": self._update_alias,
+            "DeleteAlias": self._delete_alias,
         }
+        # Alias weights: which version serves a call (seeded: runs repeat exactly).
+        self._random = random.Random(0x5EED)
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -150,12 +167,12 @@ class LambdaApi:
                     continue
                 if method != req.method:
                     continue
-                raw = match.group(1) if match.groups() else ""
+                raw = "|".join(unquote(g) for g in match.groups()) if match.groups() else ""
                 return await self._ops[op](req, raw, op)
             if _NOT_YET.fullmatch(req.path):
                 raise LambdaError(501, "ServiceException",
-                                  "versions, aliases and provisioned concurrency are not"
-                                  " implemented by fastfaas yet")
+                                  "provisioned concurrency is not implemented by fastfaas"
+                                  " yet")
             if any(pattern.fullmatch(req.path) for _, pattern, _ in _ROUTES):
                 raise LambdaError(405, "InvalidRequestContentException",
                                   f"{req.method.decode()} is not allowed on {req.path}")
@@ -180,35 +197,53 @@ class LambdaApi:
 
     # --- functions -------------------------------------------------------------
 
-    def _lookup(self, raw: str) -> tuple[str, str]:
-        name, qualifier = parse_function_name(raw)
-        if qualifier not in ("", LATEST):
-            raise LambdaError(404, "ResourceNotFoundException",
-                              f"Function not found: {function_arn(name, qualifier)} (fastfaas"
-                              " has no published versions or aliases yet: only $LATEST)")
+    def _lookup(self, raw: str, qualifier: str = "") -> tuple[str, str]:
+        """(name, version) of a FunctionName (and Qualifier): $LATEST, a published
+        version, or an alias's version (weighted: the one that serves this call)."""
+        name, in_name = parse_function_name(raw)
+        qualifier = qualifier or in_name
         if name not in self.runtime.functions():
             raise not_found(name)
-        return name, qualifier
+        if qualifier in ("", LATEST):
+            return name, LATEST
+        if qualifier.isdigit():
+            if qualifier not in self.runtime.versions(name):
+                raise not_found(name, qualifier)
+            return name, qualifier
+        alias = self._alias(name, qualifier)
+        roll = self._random.random()
+        for version, weight in alias.weights.items():
+            if roll < weight:
+                return name, version
+            roll -= weight
+        return name, alias.version
 
-    def configuration(self, name: str) -> dict[str, Any]:
-        info = self.runtime.describe(name)
-        cfg = self.runtime.config(name)
+    def _alias(self, name: str, alias: str) -> StoredAlias:
+        for found in self.native.store.aliases(name):
+            if found.name == alias:
+                return found
+        raise LambdaError(404, "ResourceNotFoundException",
+                          f"Alias not found: {function_arn(name, alias)}")
+
+    def configuration(self, name: str, version: str = LATEST) -> dict[str, Any]:
+        info = self.runtime.describe(name, version)
+        cfg = self.runtime.config(name, version)
         digest = bytes.fromhex(info["code_sha256"])
         modified = self.modified.get(name, self.native.started)
         return {
             "FunctionName": name,
-            "FunctionArn": function_arn(name),
+            "FunctionArn": function_arn(name, "" if version == LATEST else version),
             "Runtime": RUNTIME,
             "Role": ROLE,
             "Handler": cfg.handler,
-            "CodeSize": _code_size(self.runtime, name),
+            "CodeSize": _code_size(self.runtime, name, version),
             "Description": cfg.description,
             "Timeout": int(cfg.timeout_s),
             "MemorySize": cfg.memory_mb,
             "LastModified": datetime.fromtimestamp(modified, UTC).strftime(
                 "%Y-%m-%dT%H:%M:%S.000+0000"),
             "CodeSha256": base64.b64encode(digest).decode(),
-            "Version": LATEST,
+            "Version": version,
             "Environment": {"Variables": dict(cfg.env)},
             "RevisionId": f"{info['code_sha256'][:8]}-{info['state']['generation']}",
             "State": "Active",
@@ -232,8 +267,6 @@ class LambdaApi:
             raise invalid(f"Runtime {runtime!r} is not supported: fastfaas runs python3.x")
         if body.get("PackageType", "Zip") != "Zip":
             raise invalid("only PackageType Zip is supported")
-        if body.get("Publish"):
-            raise invalid("Publish is not supported yet: fastfaas has only $LATEST")
         handler = body.get("Handler")
         if not isinstance(handler, str):
             raise invalid("Handler is required, as 'module.function'")
@@ -246,7 +279,9 @@ class LambdaApi:
             await self.runtime.deploy(name, zip_data, handler, **fields)
             self.native._save(name)
             self.modified[name] = time.time()
-        return Response(201, _encode(self.configuration(name)), [(b"content-type", JSON)])
+            version = self._publish_now(name) if body.get("Publish") else LATEST
+        return Response(201, _encode(self.configuration(name, version)),
+                        [(b"content-type", JSON)])
 
     async def _list(self, req: Request, _: str, op: str) -> Response:
         query = dict(parse_qsl(req.query.decode("latin-1")))
@@ -267,10 +302,10 @@ class LambdaApi:
         return Response(200, _encode(out), [(b"content-type", JSON)])
 
     async def _get(self, req: Request, raw: str, op: str) -> Response:
-        name, _ = self._lookup(raw)
+        name, version = self._lookup(raw, _query(req).get("Qualifier", ""))
         cfg = self.runtime.config(name)
         out: dict[str, Any] = {
-            "Configuration": self.configuration(name),
+            "Configuration": self.configuration(name, version),
             "Code": {"RepositoryType": "fastfaas",
                      "Location": f"file://{self.runtime.describe(name)['code_sha256']}"},
         }
@@ -279,17 +314,33 @@ class LambdaApi:
         return Response(200, _encode(out), [(b"content-type", JSON)])
 
     async def _get_configuration(self, req: Request, raw: str, op: str) -> Response:
-        name, _ = self._lookup(raw)
-        return Response(200, _encode(self.configuration(name)), [(b"content-type", JSON)])
+        name, version = self._lookup(raw, _query(req).get("Qualifier", ""))
+        return Response(200, _encode(self.configuration(name, version)),
+                        [(b"content-type", JSON)])
 
     async def _delete(self, req: Request, raw: str, op: str) -> Response:
         name, qualifier = parse_function_name(raw)
-        if qualifier and qualifier != LATEST:
-            raise not_found(name, qualifier)
+        qualifier = _query(req).get("Qualifier", qualifier)
         name, _ = self._lookup(name)
         async with self.native._write_lock:
+            if qualifier and qualifier != LATEST:
+                if qualifier not in self.runtime.versions(name):
+                    raise not_found(name, qualifier)
+                users = [a.name for a in self.native.store.aliases(name)
+                         if a.version == qualifier or qualifier in a.weights]
+                if users:
+                    raise LambdaError(409, "ResourceConflictException",
+                                      f"version {qualifier} is used by alias(es)"
+                                      f" {', '.join(users)}")
+                await self.runtime.delete_version(name, qualifier)
+                self.native.store.delete_function(name, qualifier)
+                return Response(204, b"", [])
+            versions = self.runtime.versions(name)
             await self.runtime.delete(name)
-            self.native.store.delete_function(name, LATEST)
+            for version in [LATEST, *versions]:
+                self.native.store.delete_function(name, version)
+            for alias in self.native.store.aliases(name):
+                self.native.store.delete_alias(name, alias.name)
             self.modified.pop(name, None)
         return Response(204, b"", [])
 
@@ -311,8 +362,6 @@ class LambdaApi:
     async def _update_code(self, req: Request, raw: str, op: str) -> Response:
         name, _ = self._lookup(raw)
         body = _json_body(req)
-        if body.get("Publish"):
-            raise invalid("Publish is not supported yet: fastfaas has only $LATEST")
         zip_data = _zip_file(body)
         cfg = self.runtime.config(name)
         fields = {k: getattr(cfg, k) for k in cfg.__struct_fields__ if k != "handler"}
@@ -320,19 +369,21 @@ class LambdaApi:
             await self.runtime.deploy(name, zip_data, cfg.handler, **fields)
             self.native._save(name)
             self.modified[name] = time.time()
-        return Response(200, _encode(self.configuration(name)), [(b"content-type", JSON)])
+            version = self._publish_now(name) if body.get("Publish") else LATEST
+        return Response(200, _encode(self.configuration(name, version)),
+                        [(b"content-type", JSON)])
 
     # --- invoke ------------------------------------------------------------------
 
     async def _invoke(self, req: Request, raw: str, op: str) -> Response:
-        name, qualifier = parse_function_name(raw)
-        query = dict(parse_qsl(req.query.decode("latin-1")))
-        qualifier = query.get("Qualifier", qualifier)
-        name, _ = self._lookup(f"{name}:{qualifier}" if qualifier else name)
+        name, executed = self._lookup(raw, _query(req).get("Qualifier", ""))
         kind = req.header(b"x-amz-invocation-type", b"RequestResponse")
         body = req.body or b"{}"
-        version = [(b"x-amz-executed-version", LATEST.encode())]
+        version = [(b"x-amz-executed-version", executed.encode())]
         if kind in (b"Event", b"DryRun"):
+            if executed != LATEST:
+                raise invalid("Event and DryRun invocations of a published version or an"
+                              " alias are not supported yet: invoke $LATEST")
             self.native._invoke_other(kind, name, body)  # checks; queues an Event (committed)
             if kind == b"Event":
                 return Response(202, b"", version)
@@ -342,7 +393,7 @@ class LambdaApi:
                           " RequestResponse, Event or DryRun")
         t0 = time.perf_counter_ns()
         try:
-            result = await self.runtime.invoke(name, payload=body)
+            result = await self.runtime.invoke(name, payload=body, version=executed)
         except FastfaasError as exc:
             self.native.metrics.record(name, "none", exc.code,
                                        (time.perf_counter_ns() - t0) / 1e9)
@@ -406,7 +457,146 @@ class LambdaApi:
         }), [(b"content-type", JSON)])
 
 
+    # --- versions and aliases --------------------------------------------------------
+
+    def _publish_now(self, name: str) -> str:
+        version = self.runtime.publish(name)
+        self.native.store.put_function(StoredFunction(
+            name, version, self.runtime.config(name, version),
+            self.runtime.describe(name, version)["code_sha256"]))
+        return version
+
+    async def _publish(self, req: Request, raw: str, op: str) -> Response:
+        name, _ = self._lookup(raw)
+        body = _json_body(req)
+        versions = self.runtime.versions(name)
+        if versions:  # Lambda publishes nothing new when $LATEST did not change
+            last = versions[-1]
+            if (self.runtime.describe(name, last)["code_sha256"]
+                    == self.runtime.describe(name)["code_sha256"]
+                    and self.runtime.config(name, last) == self.runtime.config(name)):
+                return Response(201, _encode(self.configuration(name, last)),
+                                [(b"content-type", JSON)])
+        async with self.native._write_lock:
+            version = self._publish_now(name)
+        out = self.configuration(name, version)
+        if isinstance(body.get("Description"), str):
+            out["Description"] = body["Description"]
+        return Response(201, _encode(out), [(b"content-type", JSON)])
+
+    async def _list_versions(self, req: Request, raw: str, op: str) -> Response:
+        name, _ = self._lookup(raw)
+        items = [LATEST, *self.runtime.versions(name)]
+        page, marker = _page(items, _query(req))
+        out: dict[str, Any] = {"Versions": [self.configuration(name, v) for v in page]}
+        if marker:
+            out["NextMarker"] = marker
+        return Response(200, _encode(out), [(b"content-type", JSON)])
+
+    def _alias_out(self, alias: StoredAlias) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "AliasArn": function_arn(alias.function, alias.name), "Name": alias.name,
+            "FunctionVersion": alias.version, "Description": alias.description,
+            "RevisionId": hashlib.sha256(msgspec.json.encode(alias)).hexdigest()[:16]}
+        if alias.weights:
+            out["RoutingConfig"] = {"AdditionalVersionWeights": alias.weights}
+        return out
+
+    def _checked_alias(self, name: str, alias_name: str, body: dict[str, Any],
+                       old: StoredAlias | None) -> StoredAlias:
+        version = body.get("FunctionVersion", old.version if old else None)
+        if not isinstance(version, str) or not (version == LATEST or version.isdigit()):
+            raise invalid("FunctionVersion must be $LATEST or a published version")
+        if version != LATEST and version not in self.runtime.versions(name):
+            raise not_found(name, version)
+        weights = old.weights if old else {}
+        if "RoutingConfig" in body:
+            routing = body["RoutingConfig"] or {}
+            weights = routing.get("AdditionalVersionWeights") or {}
+            if not isinstance(weights, dict) or len(weights) > 1:
+                raise invalid("RoutingConfig.AdditionalVersionWeights: one other version")
+            for other, weight in weights.items():
+                if other not in self.runtime.versions(name) or other == version:
+                    raise invalid(f"routing to version {other!r}: it must be another"
+                                  " published version")
+                if not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+                    raise invalid(f"the weight of version {other} must be between 0 and 1")
+            weights = {k: float(v) for k, v in weights.items()}
+        description = body.get("Description", old.description if old else "")
+        return StoredAlias(name, alias_name, version, weights, str(description))
+
+    async def _create_alias(self, req: Request, raw: str, op: str) -> Response:
+        name, _ = self._lookup(raw)
+        body = _json_body(req)
+        alias_name = body.get("Name")
+        if not isinstance(alias_name, str) or not _ALIAS_NAME.fullmatch(alias_name):
+            raise invalid("Name must be an alias name (letters, digits, - and _; not a"
+                          " number)")
+        async with self.native._write_lock:
+            if any(a.name == alias_name for a in self.native.store.aliases(name)):
+                raise LambdaError(409, "ResourceConflictException",
+                                  f"Alias already exists: {function_arn(name, alias_name)}")
+            alias = self._checked_alias(name, alias_name, body, None)
+            self.native.store.put_alias(alias)
+        return Response(201, _encode(self._alias_out(alias)), [(b"content-type", JSON)])
+
+    async def _get_alias(self, req: Request, raw: str, op: str) -> Response:
+        fn, _, alias_name = raw.partition("|")
+        name, _ = self._lookup(fn)
+        return Response(200, _encode(self._alias_out(self._alias(name, alias_name))),
+                        [(b"content-type", JSON)])
+
+    async def _update_alias(self, req: Request, raw: str, op: str) -> Response:
+        fn, _, alias_name = raw.partition("|")
+        name, _ = self._lookup(fn)
+        body = _json_body(req)
+        async with self.native._write_lock:
+            alias = self._checked_alias(name, alias_name, body, self._alias(name, alias_name))
+            self.native.store.put_alias(alias)
+        return Response(200, _encode(self._alias_out(alias)), [(b"content-type", JSON)])
+
+    async def _delete_alias(self, req: Request, raw: str, op: str) -> Response:
+        fn, _, alias_name = raw.partition("|")
+        name, _ = self._lookup(fn)
+        async with self.native._write_lock:
+            self._alias(name, alias_name)
+            self.native.store.delete_alias(name, alias_name)
+        return Response(204, b"", [])
+
+    async def _list_aliases(self, req: Request, raw: str, op: str) -> Response:
+        name, _ = self._lookup(raw)
+        query = _query(req)
+        aliases = [a for a in self.native.store.aliases(name)
+                   if not query.get("FunctionVersion")
+                   or a.version == query["FunctionVersion"]]
+        by_name = {a.name: a for a in aliases}
+        page, marker = _page(list(by_name), query)
+        out: dict[str, Any] = {"Aliases": [self._alias_out(by_name[n]) for n in page]}
+        if marker:
+            out["NextMarker"] = marker
+        return Response(200, _encode(out), [(b"content-type", JSON)])
+
+
 # --- helpers -------------------------------------------------------------------------
+
+
+def _query(req: Request) -> dict[str, str]:
+    return dict(parse_qsl(req.query.decode("latin-1")))
+
+
+def _page(items: list[str], query: dict[str, str]) -> tuple[list[str], str]:
+    """A page of `items` after the Marker (an item), MaxItems long; and the next marker."""
+    try:
+        limit = int(query.get("MaxItems", MAX_ITEMS))
+    except ValueError:
+        raise invalid("MaxItems must be an integer") from None
+    if not 1 <= limit <= 10000:
+        raise invalid("MaxItems must be between 1 and 10000")
+    marker = query.get("Marker")
+    if marker:
+        items = items[items.index(marker) + 1:] if marker in items else []
+    page = items[:limit]
+    return page, page[-1] if len(items) > limit else ""
 
 
 def error_response(status: int, error_type: str, message: str, extra: dict[str, Any] | None = None,
@@ -472,9 +662,9 @@ def _config_fields(body: dict[str, Any]) -> dict[str, Any]:
 _code_sizes: dict[str, int] = {}
 
 
-def _code_size(runtime: Any, name: str) -> int:
+def _code_size(runtime: Any, name: str, version: str = LATEST) -> int:
     """The unpacked bundle's bytes (once per code hash)."""
-    sha = runtime.describe(name)["code_sha256"]
+    sha = runtime.describe(name, version)["code_sha256"]
     if sha in _code_sizes:
         return _code_sizes[sha]
     directory = runtime.data_dir / "code" / sha

@@ -505,8 +505,8 @@ class Runtime:
         return self.describe(name)
 
     def _new_version(self, name: str, cfg: FunctionConfig, code_dir: Path,
-                     sha: str) -> FunctionVersion:
-        fv = FunctionVersion(name, LATEST, cfg, code_dir, sha, self.table.new_slot(),
+                     sha: str, version: str = LATEST) -> FunctionVersion:
+        fv = FunctionVersion(name, version, cfg, code_dir, sha, self.table.new_slot(),
                              next(self._generations), self.frequency_window_s)
         fv.isolation = level = self._isolation_of(cfg)
         fv.cgrouped = level != "none"
@@ -536,19 +536,67 @@ class Runtime:
         return self.describe(name)
 
     async def delete(self, name: str) -> None:
-        """Remove a function; its in-flight calls finish, then its processes stop."""
+        """Remove a function and its published versions; their in-flight calls
+        finish, then their processes stop."""
         self._check_open()
         fv = self._lookup(name, LATEST)
         del self._functions[name]
+        for key in [k for k in self._functions if k.startswith(name + ":")]:
+            self._retire_version(self._functions.pop(key))
         self._logs.pop(name, None)
         self.limits.forget(name)
         self._retire_version(fv)
 
     def functions(self) -> list[str]:
-        return sorted(self._functions)
+        """The functions' names ($LATEST; published versions are `versions(name)`)."""
+        return sorted(k for k in self._functions if ":" not in k)
 
-    def config(self, name: str) -> FunctionConfig:
-        return self._lookup(name, LATEST).config
+    # --- published versions ----------------------------------------------------------
+    # A published version is an immutable copy of $LATEST (configuration and code)
+    # with its own zygote, kept under the key "name:version" beside $LATEST.
+
+    def publish(self, name: str) -> str:
+        """Publish $LATEST as the next version number; returns it."""
+        self._check_open()
+        latest = self._lookup(name, LATEST)
+        number = 1 + max((int(v) for v in self.versions(name) if v.isdigit()), default=0)
+        return self._add_version(name, str(number), latest.config, latest.code_dir,
+                                 latest.code_sha256)
+
+    def restore_version(self, name: str, version: str, config: FunctionConfig,
+                        code_sha256: str) -> None:
+        """A published version again, after a restart (its code is on disk)."""
+        self._check_open()
+        check_name(name)
+        code_dir = self.data_dir / "code" / code_sha256
+        if not version.isdigit() or not code_sha256.isalnum() or not code_dir.is_dir():
+            raise InvalidRequestError(f"function {name!r} version {version!r}: cannot restore")
+        self._add_version(name, version, config, code_dir, code_sha256)
+
+    def _add_version(self, name: str, version: str, config: FunctionConfig, code_dir: Path,
+                     sha: str) -> str:
+        fv = self._new_version(name, config, code_dir, sha, version)
+        self._functions[f"{name}:{version}"] = fv
+        self._start_prewarm(fv)
+        return version
+
+    def versions(self, name: str) -> list[str]:
+        """The published versions of a function, oldest first."""
+        self._lookup(name, LATEST)
+        found = [k.split(":", 1)[1] for k in self._functions if k.startswith(name + ":")]
+        return sorted(found, key=lambda v: int(v) if v.isdigit() else 0)
+
+    async def delete_version(self, name: str, version: str) -> None:
+        """Remove one published version; its calls in flight finish."""
+        self._check_open()
+        fv = self._lookup(name, version)
+        if version == LATEST:
+            raise InvalidRequestError("delete the function to remove $LATEST")
+        del self._functions[f"{name}:{version}"]
+        self._retire_version(fv)
+
+    def config(self, name: str, version: str = LATEST) -> FunctionConfig:
+        return self._lookup(name, version).config
 
     async def warm(self, name: str) -> FunctionError | None:
         """Give the function a zygote now (imports its code); its InitError, if any.
@@ -605,9 +653,9 @@ class Runtime:
         entries = list(self._logs.get(name, ()))
         return entries if limit is None else entries[-limit:] if limit > 0 else []
 
-    def describe(self, name: str) -> dict[str, Any]:
-        """Configuration, code hash and live state of a function."""
-        fv = self._lookup(name, LATEST)
+    def describe(self, name: str, version: str = LATEST) -> dict[str, Any]:
+        """Configuration, code hash and live state of a function (or a published version)."""
+        fv = self._lookup(name, version)
         return {
             "name": fv.name,
             "version": fv.version,
@@ -623,11 +671,11 @@ class Runtime:
         }
 
     def _lookup(self, name: str, version: str) -> FunctionVersion:
-        fv = self._functions.get(name)
-        if fv is None or version != fv.version:
+        fv = self._functions.get(name if version == LATEST else f"{name}:{version}")
+        if fv is None or version != fv.version or ":" in name:
             raise FunctionNotFoundError(
                 f"function {name!r} (version {version}) is not deployed"
-                + (f"; deployed: {', '.join(sorted(self._functions))}" if self._functions else "")
+                + (f"; deployed: {', '.join(self.functions())}" if self.functions() else "")
             )
         return fv
 

@@ -30,6 +30,14 @@ CREATE TABLE IF NOT EXISTS functions (
     updated_at REAL NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS aliases (
+    function TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    description TEXT NOT NULL,
+    PRIMARY KEY (function, name)
+);
 CREATE TABLE IF NOT EXISTS invocations (
     id TEXT PRIMARY KEY,
     function TEXT NOT NULL,
@@ -65,10 +73,23 @@ class QueuedEvent(msgspec.Struct, frozen=True):
     attempts: int
 
 
+class StoredAlias(msgspec.Struct, frozen=True):
+    """A Lambda alias: a name for a version, and other versions' shares of its calls."""
+
+    function: str
+    name: str
+    version: str
+    weights: dict[str, float]  # version -> share of calls (0..1), besides `version`
+    description: str = ""
+
+
 class Registry(Protocol):
     def put_function(self, fn: StoredFunction) -> None: ...
     def delete_function(self, name: str, version: str) -> None: ...
     def functions(self) -> list[StoredFunction]: ...
+    def put_alias(self, alias: StoredAlias) -> None: ...
+    def delete_alias(self, function: str, name: str) -> None: ...
+    def aliases(self, function: str | None = None) -> list[StoredAlias]: ...
 
 
 class EventQueue(Protocol):
@@ -131,6 +152,31 @@ class Store:
             "SELECT name, version, config, code_sha256 FROM functions ORDER BY name, version")
         return [StoredFunction(name, version, msgspec.json.decode(config, type=FunctionConfig),
                                sha) for name, version, config, sha in rows]
+
+    def put_alias(self, alias: StoredAlias) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO aliases (function, name, version, weights, description)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (function, name) DO UPDATE SET"
+                " version = excluded.version, weights = excluded.weights,"
+                " description = excluded.description",
+                (alias.function, alias.name, alias.version,
+                 msgspec.json.encode(alias.weights).decode(), alias.description))
+
+    def delete_alias(self, function: str, name: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM aliases WHERE function = ? AND name = ?",
+                             (function, name))
+
+    def aliases(self, function: str | None = None) -> list[StoredAlias]:
+        query = "SELECT function, name, version, weights, description FROM aliases"
+        args: tuple[str, ...] = ()
+        if function is not None:
+            query += " WHERE function = ?"
+            args = (function,)
+        rows = self._db.execute(query + " ORDER BY function, name", args)
+        return [StoredAlias(f, n, v, msgspec.json.decode(w, type=dict[str, float]), d)
+                for f, n, v, w, d in rows]
 
     # --- EventQueue ------------------------------------------------------------
 
