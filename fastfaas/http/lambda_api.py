@@ -80,10 +80,14 @@ _ROUTES: Final[list[tuple[bytes, re.Pattern[str], str]]] = [
         ("GET", r"/2015-03-31/functions/([^/]+)/aliases/([^/]+)", "GetAlias"),
         ("PUT", r"/2015-03-31/functions/([^/]+)/aliases/([^/]+)", "UpdateAlias"),
         ("DELETE", r"/2015-03-31/functions/([^/]+)/aliases/([^/]+)", "DeleteAlias"),
+        ("PUT", r"/2019-09-30/functions/([^/]+)/provisioned-concurrency",
+         "PutProvisionedConcurrencyConfig"),
+        ("GET", r"/2019-09-30/functions/([^/]+)/provisioned-concurrency",
+         "GetProvisionedConcurrencyConfig"),
+        ("DELETE", r"/2019-09-30/functions/([^/]+)/provisioned-concurrency",
+         "DeleteProvisionedConcurrencyConfig"),
     ]
 ]
-_NOT_YET: Final = re.compile(
-    r"/20\d\d-\d\d-\d\d/functions/[^/]+/(provisioned-concurrency)(/.*)?")
 _ALIAS_NAME = re.compile(r"(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}")
 
 
@@ -143,6 +147,9 @@ class LambdaApi:
             "CreateAlias": self._create_alias, "ListAliases": self._list_aliases,
             "GetAlias": self._get_alias, "UpdateAlias": self._update_alias,
             "DeleteAlias": self._delete_alias,
+            "PutProvisionedConcurrencyConfig": self._put_provisioned,
+            "GetProvisionedConcurrencyConfig": self._get_provisioned,
+            "DeleteProvisionedConcurrencyConfig": self._delete_provisioned,
         }
         # Alias weights: which version serves a call (seeded: runs repeat exactly).
         self._random = random.Random(0x5EED)
@@ -169,10 +176,6 @@ class LambdaApi:
                     continue
                 raw = "|".join(unquote(g) for g in match.groups()) if match.groups() else ""
                 return await self._ops[op](req, raw, op)
-            if _NOT_YET.fullmatch(req.path):
-                raise LambdaError(501, "ServiceException",
-                                  "provisioned concurrency is not implemented by fastfaas"
-                                  " yet")
             if any(pattern.fullmatch(req.path) for _, pattern, _ in _ROUTES):
                 raise LambdaError(405, "InvalidRequestContentException",
                                   f"{req.method.decode()} is not allowed on {req.path}")
@@ -461,9 +464,7 @@ class LambdaApi:
 
     def _publish_now(self, name: str) -> str:
         version = self.runtime.publish(name)
-        self.native.store.put_function(StoredFunction(
-            name, version, self.runtime.config(name, version),
-            self.runtime.describe(name, version)["code_sha256"]))
+        self._save_version(name, version)
         return version
 
     async def _publish(self, req: Request, raw: str, op: str) -> Response:
@@ -474,7 +475,8 @@ class LambdaApi:
             last = versions[-1]
             if (self.runtime.describe(name, last)["code_sha256"]
                     == self.runtime.describe(name)["code_sha256"]
-                    and self.runtime.config(name, last) == self.runtime.config(name)):
+                    and self.runtime.config(name, last)
+                    == self.runtime.config(name).replace(prewarm=0)):
                 return Response(201, _encode(self.configuration(name, last)),
                                 [(b"content-type", JSON)])
         async with self.native._write_lock:
@@ -575,6 +577,66 @@ class LambdaApi:
         if marker:
             out["NextMarker"] = marker
         return Response(200, _encode(out), [(b"content-type", JSON)])
+
+
+    # --- provisioned concurrency: `prewarm` of a version, or of an alias's version ----
+
+    def _provisioned_target(self, req: Request, raw: str) -> tuple[str, str]:
+        qualifier = _query(req).get("Qualifier", "")
+        if not qualifier or qualifier == LATEST:
+            raise invalid("provisioned concurrency needs a Qualifier: a published version"
+                          " or an alias (not $LATEST)")
+        name, _ = self._lookup(raw)
+        version = qualifier if qualifier.isdigit() else self._alias(name, qualifier).version
+        if version == LATEST:
+            raise invalid(f"alias {qualifier!r} points at $LATEST: provisioned concurrency"
+                          " needs a published version")
+        if version not in self.runtime.versions(name):
+            raise not_found(name, version)
+        return name, version
+
+    def _provisioned_out(self, name: str, version: str) -> dict[str, Any]:
+        requested = self.runtime.config(name, version).prewarm
+        state = self.runtime.describe(name, version)["state"]["instances"]
+        ready = min(requested, state.get("spare", 0) + state.get("warm", 0)
+                    + state.get("busy", 0))
+        return {"RequestedProvisionedConcurrentExecutions": requested,
+                "AvailableProvisionedConcurrentExecutions": ready,
+                "AllocatedProvisionedConcurrentExecutions": ready,
+                "Status": "READY" if ready >= requested else "IN_PROGRESS",
+                "LastModified": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")}
+
+    def _save_version(self, name: str, version: str) -> None:
+        self.native.store.put_function(StoredFunction(
+            name, version, self.runtime.config(name, version),
+            self.runtime.describe(name, version)["code_sha256"]))
+
+    async def _put_provisioned(self, req: Request, raw: str, op: str) -> Response:
+        name, version = self._provisioned_target(req, raw)
+        count = _json_body(req).get("ProvisionedConcurrentExecutions")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise invalid("ProvisionedConcurrentExecutions must be an integer >= 1")
+        async with self.native._write_lock:
+            self.runtime.set_prewarm(name, version, count)
+            self._save_version(name, version)
+        return Response(202, _encode(self._provisioned_out(name, version)),
+                        [(b"content-type", JSON)])
+
+    async def _get_provisioned(self, req: Request, raw: str, op: str) -> Response:
+        name, version = self._provisioned_target(req, raw)
+        if not self.runtime.config(name, version).prewarm:
+            raise LambdaError(404, "ProvisionedConcurrencyConfigNotFoundException",
+                              f"No Provisioned Concurrency Config found for this function:"
+                              f" {function_arn(name, version)}")
+        return Response(200, _encode(self._provisioned_out(name, version)),
+                        [(b"content-type", JSON)])
+
+    async def _delete_provisioned(self, req: Request, raw: str, op: str) -> Response:
+        name, version = self._provisioned_target(req, raw)
+        async with self.native._write_lock:
+            self.runtime.set_prewarm(name, version, 0)
+            self._save_version(name, version)
+        return Response(204, b"", [])
 
 
 # --- helpers -------------------------------------------------------------------------

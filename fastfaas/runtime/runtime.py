@@ -560,8 +560,9 @@ class Runtime:
         self._check_open()
         latest = self._lookup(name, LATEST)
         number = 1 + max((int(v) for v in self.versions(name) if v.isdigit()), default=0)
-        return self._add_version(name, str(number), latest.config, latest.code_dir,
-                                 latest.code_sha256)
+        # Instances kept ready are the version's own setting (provisioned concurrency).
+        return self._add_version(name, str(number), latest.config.replace(prewarm=0),
+                                 latest.code_dir, latest.code_sha256)
 
     def restore_version(self, name: str, version: str, config: FunctionConfig,
                         code_sha256: str) -> None:
@@ -585,6 +586,17 @@ class Runtime:
         self._lookup(name, LATEST)
         found = [k.split(":", 1)[1] for k in self._functions if k.startswith(name + ":")]
         return sorted(found, key=lambda v: int(v) if v.isdigit() else 0)
+
+    def set_prewarm(self, name: str, version: str, count: int) -> None:
+        """A published version's `prewarm` (Lambda's provisioned concurrency): that many
+        instances kept forked from now on."""
+        self._check_open()
+        fv = self._lookup(name, version)
+        if version == LATEST:
+            raise InvalidRequestError("set prewarm of $LATEST with update_config")
+        fv.config = fv.config.replace(prewarm=count)
+        self._start_prewarm(fv)
+        self._reap_lot.unpark_all()
 
     async def delete_version(self, name: str, version: str) -> None:
         """Remove one published version; its calls in flight finish."""

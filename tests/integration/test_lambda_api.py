@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,13 +195,33 @@ def test_reserved_concurrency_and_account_settings(aws: Any) -> None:
         before["UnreservedConcurrentExecutions"])
 
 
-def test_operations_not_built_yet_are_a_clear_error(aws: Any) -> None:
-    create(aws, "unversioned")
-    with pytest.raises(botocore.exceptions.ClientError) as caught:
-        aws.put_provisioned_concurrency_config(FunctionName="unversioned", Qualifier="1",
+def test_provisioned_concurrency_keeps_a_versions_instances_ready(aws: Any) -> None:
+    create(aws, "provisioned")
+    aws.publish_version(FunctionName="provisioned")
+    aws.create_alias(FunctionName="provisioned", Name="ready", FunctionVersion="1")
+    with pytest.raises(aws.exceptions.InvalidParameterValueException):  # not on $LATEST
+        aws.put_provisioned_concurrency_config(FunctionName="provisioned", Qualifier="$LATEST",
                                                ProvisionedConcurrentExecutions=2)
-    assert caught.value.response["Error"]["Code"] == "ServiceException"
-    assert "not implemented" in caught.value.response["Error"]["Message"]
+    with pytest.raises(aws.exceptions.ProvisionedConcurrencyConfigNotFoundException):
+        aws.get_provisioned_concurrency_config(FunctionName="provisioned", Qualifier="1")
+    put = aws.put_provisioned_concurrency_config(FunctionName="provisioned", Qualifier="ready",
+                                                 ProvisionedConcurrentExecutions=2)
+    assert put["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert put["RequestedProvisionedConcurrentExecutions"] == 2
+    # The instances are forked in the background and HTTP offers no event for it: the
+    # status is asked again until READY, for at most 30 s.
+    deadline = time.monotonic() + 30
+    while True:
+        got = aws.get_provisioned_concurrency_config(FunctionName="provisioned", Qualifier="1")
+        if got["Status"] == "READY" or time.monotonic() > deadline:
+            break
+    assert got["Status"] == "READY" and got["AvailableProvisionedConcurrentExecutions"] == 2
+    r = aws.invoke(FunctionName="provisioned", Qualifier="ready")
+    assert r["ExecutedVersion"] == "1"
+    assert r["ResponseMetadata"]["HTTPHeaders"]["x-fastfaas-start"] == "prewarmed"
+    aws.delete_provisioned_concurrency_config(FunctionName="provisioned", Qualifier="1")
+    with pytest.raises(aws.exceptions.ProvisionedConcurrencyConfigNotFoundException):
+        aws.get_provisioned_concurrency_config(FunctionName="provisioned", Qualifier="1")
 
 
 def test_the_aws_cli_deploys_invokes_and_reads_the_log_tail(
