@@ -299,7 +299,10 @@ class LambdaApi:
         if marker:
             names = [n for n in names if n > marker]
         page = names[:limit]
-        out: dict[str, Any] = {"Functions": [self.configuration(n) for n in page]}
+        every = query.get("FunctionVersion") == "ALL"  # published versions too
+        out: dict[str, Any] = {"Functions": [
+            self.configuration(n, v) for n in page
+            for v in ([LATEST, *self.runtime.versions(n)] if every else [LATEST])]}
         if len(names) > limit:
             out["NextMarker"] = page[-1]
         return Response(200, _encode(out), [(b"content-type", JSON)])
@@ -384,10 +387,8 @@ class LambdaApi:
         body = req.body or b"{}"
         version = [(b"x-amz-executed-version", executed.encode())]
         if kind in (b"Event", b"DryRun"):
-            if executed != LATEST:
-                raise invalid("Event and DryRun invocations of a published version or an"
-                              " alias are not supported yet: invoke $LATEST")
-            self.native._invoke_other(kind, name, body)  # checks; queues an Event (committed)
+            # Checks; an Event is committed (with the version an alias chose) before the 202.
+            self.native._invoke_other(kind, name, body, executed)
             if kind == b"Event":
                 return Response(202, b"", version)
             return Response(204, b"", version)

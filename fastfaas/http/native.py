@@ -219,14 +219,15 @@ class NativeApi:
             headers.append((b"x-fastfaas-affinity", result.affinity.encode()))
         return Response(200, result.payload, headers)
 
-    def _invoke_other(self, kind: bytes, name: str, body: bytes) -> Response:
+    def _invoke_other(self, kind: bytes, name: str, body: bytes,
+                      version: str = LATEST) -> Response:
         """`Event` (queue it) or `DryRun` (check it, run nothing: 204)."""
         if kind not in (b"Event", b"DryRun"):
             raise InvalidRequestError(
                 f"X-Fastfaas-Invocation-Type {kind.decode(errors='replace')!r} must be"
                 " RequestResponse (the default), Event or DryRun")
         check_name(name)
-        self.runtime.describe(name)  # FunctionNotFoundError before anything is queued
+        self.runtime.describe(name, version)  # FunctionNotFoundError before anything is queued
         if len(body) > wire.MAX_PAYLOAD:
             raise RequestTooLargeError(
                 f"the event is {len(body)} bytes; the limit is {wire.MAX_PAYLOAD} bytes")
@@ -237,7 +238,7 @@ class NativeApi:
         if kind == b"DryRun":
             return Response(204, b"", [])
         request_id = self.runtime.new_request_id()
-        self.store.put(request_id, name, LATEST, body)  # committed before the 202
+        self.store.put(request_id, name, version, body)  # committed before the 202
         self.wake_poller()
         return Response(202, _encode({"request_id": request_id}), [
             (b"content-type", JSON), (b"x-fastfaas-request-id", request_id.encode())])

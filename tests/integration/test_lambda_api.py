@@ -218,6 +218,10 @@ def test_provisioned_concurrency_keeps_a_versions_instances_ready(aws: Any) -> N
     assert got["Status"] == "READY" and got["AvailableProvisionedConcurrentExecutions"] == 2
     r = aws.invoke(FunctionName="provisioned", Qualifier="ready")
     assert r["ExecutedVersion"] == "1"
+    queued = aws.invoke(FunctionName="provisioned", Qualifier="ready", InvocationType="Event")
+    assert queued["StatusCode"] == 202 and queued["ExecutedVersion"] == "1"
+    dry = aws.invoke(FunctionName="provisioned:1", InvocationType="DryRun")
+    assert dry["StatusCode"] == 204
     assert r["ResponseMetadata"]["HTTPHeaders"]["x-fastfaas-start"] == "prewarmed"
     aws.delete_provisioned_concurrency_config(FunctionName="provisioned", Qualifier="1")
     with pytest.raises(aws.exceptions.ProvisionedConcurrencyConfigNotFoundException):
@@ -310,6 +314,11 @@ def test_published_versions_are_immutable_copies(aws: Any) -> None:
         FunctionName="versioned")["Versions"]] == ["$LATEST", "2"]
     published = create(aws, "born-published", Publish=True)
     assert published["Version"] == "1"
+    every = [(f["FunctionName"], f["Version"])
+             for page in aws.get_paginator("list_functions").paginate(FunctionVersion="ALL")
+             for f in page["Functions"]]
+    assert {("versioned", "$LATEST"), ("versioned", "2"), ("born-published", "1")} <= set(every)
+    assert ("versioned", "1") not in every  # deleted above
 
 
 def test_aliases_route_by_their_weights(aws: Any) -> None:
