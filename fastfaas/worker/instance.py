@@ -71,7 +71,8 @@ class LambdaContext:
 
 
 class FunctionInfo:
-    __slots__ = ("arn", "context", "function_name", "memory_mb", "self_usage", "version")
+    __slots__ = ("arn", "context", "function_name", "logging_ready", "memory_mb", "self_usage",
+                 "version")
 
     def __init__(self, function_name: str, version: str, memory_mb: int,
                  self_usage: bool = True, region: str = "us-east-1") -> None:
@@ -82,15 +83,18 @@ class FunctionInfo:
         self.self_usage = self_usage
         self.arn = f"arn:aws:lambda:{region}:000000000000:function:{function_name}"
         self.context = LambdaContext(self, "", 0.0)
+        self.logging_ready = False  # Lambda's log handler is on the root logger
 
 
 def lambda_logging(info: FunctionInfo) -> None:
     """The root logger writes to the invocation's log, as Lambda's Python runtime sets
-    it up: `[LEVEL]\tTIME\tREQUEST ID\tmessage`. Only when the function's import
-    brought `logging` in (a function that never logs does not pay for it)."""
+    it up: `[LEVEL]\tTIME\tREQUEST ID\tmessage`. Only once `logging` is imported (a
+    function that never logs does not pay for it): after the function's import,
+    and before and after each invocation until then."""
     logging = sys.modules.get("logging")
-    if logging is None:
+    if logging is None or info.logging_ready:
         return
+    info.logging_ready = True
     context = info.context
 
     class _RequestId(logging.Filter):  # type: ignore[name-defined,misc]
@@ -218,6 +222,8 @@ def _exit_for(exc: SystemExit) -> None:
 
 def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: FunctionInfo) -> Result:
     cpu0 = time.process_time_ns() if info.self_usage else 0
+    if not info.logging_ready:
+        lambda_logging(info)
     t0 = time.perf_counter_ns()
     try:
         event = _json_decode(msg.payload)
@@ -242,6 +248,8 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
             request_id=msg.request_id,
         )
     duration = time.perf_counter_ns() - t0
+    if not info.logging_ready:
+        lambda_logging(info)  # the handler imported logging itself
     try:
         payload = _json_encode(value)
     except Exception as exc:  # TypeError, OverflowError, RecursionError for a cycle...

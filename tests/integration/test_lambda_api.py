@@ -365,3 +365,19 @@ def test_versions_and_aliases_survive_a_restart(start_server: Any, tmp_path: Pat
     assert [v["Version"] for v in aws.list_versions_by_function(
         FunctionName="kept")["Versions"]] == ["$LATEST", "1"]
     assert aws.invoke(FunctionName="kept", Qualifier="prod")["ExecutedVersion"] == "1"
+
+
+def test_logging_imported_inside_the_handler_reaches_the_log(aws: Any) -> None:
+    source = ("def lambda_handler(event, context):\n"
+              "    import logging\n"
+              "    logging.getLogger().setLevel(logging.INFO)\n"
+              "    logging.getLogger('mine').info('from inside: %s', event['n'])\n"
+              "    return event['n']\n")
+    aws.create_function(FunctionName="late-logger", Runtime="python3.11", Role="r",
+                        Handler="lambda_function.lambda_handler",
+                        Code={"ZipFile": lambda_zip(source)})
+    logs = [base64.b64decode(aws.invoke(FunctionName="late-logger", Payload=json.dumps(
+        {"n": n}), LogType="Tail")["LogResult"]).decode() for n in (1, 2)]
+    # The handler brought logging in during the first call: from the second one on
+    # (and for the first where it logged after the import) the lines are Lambda's.
+    assert "[INFO]\t" in logs[1] and "from inside: 2" in logs[1], logs
