@@ -6,7 +6,9 @@ first on sys.path).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import math
 import os
 import platform
@@ -87,3 +89,21 @@ def machine_info() -> dict[str, Any]:
         "fastfaas_commit": git("rev-parse", "HEAD"),
         "fastfaas_uncommitted_changes": bool(status) if status is not None else None,
     }
+
+
+def quick_out_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """The options every start-latency benchmark takes: --quick and --out."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
+    parser.add_argument("--out", type=Path, help="also write the JSON summary here")
+    return parser.parse_args(argv)
+
+
+def emit(report: dict[str, Any], out: Path | None, indent: int | None = None) -> int:
+    """Print the JSON report (compact unless `indent`) and write it to `out` too."""
+    text = json.dumps(report, indent=indent, separators=None if indent else (",", ":"))
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    return 0

@@ -18,9 +18,7 @@ Needs root (strict is unavailable otherwise).
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -81,10 +79,7 @@ async def run(counts: dict[str, int], data_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
-    parser.add_argument("--out", type=Path, help="also write the JSON summary here")
-    args = parser.parse_args(argv)
+    args = _common.quick_out_args(__doc__, argv)
     counts = QUICK if args.quick else FULL
     began = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="fastfaas-bench-") as tmp:
@@ -114,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "isolation": figures["isolation"],
         "elapsed_s": _common.elapsed_s(),
     }
-    text = json.dumps(report, separators=(",", ":"))
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    return _common.emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,8 @@ Prints one JSON document (percentiles nearest-rank, ms) and the ratios.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import io
-import json
 import os
 import subprocess
 import sys
@@ -160,10 +158,7 @@ def forked_through_boto3(counts: dict[str, int], data_dir: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
-    parser.add_argument("--out", type=Path, help="also write the JSON summary here")
-    args = parser.parse_args(argv)
+    args = _common.quick_out_args(__doc__, argv)
     counts = QUICK if args.quick else FULL
     began = datetime.datetime.now(datetime.UTC)
     creds = {"region_name": "us-east-1", "aws_access_key_id": "local",
@@ -251,12 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                      " alternate; client and server share one GIL"},
         "elapsed_s": _common.elapsed_s(),
     }
-    text = json.dumps(report, separators=(",", ":"))
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    return _common.emit(report, args.out)
 
 
 if __name__ == "__main__":

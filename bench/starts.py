@@ -39,7 +39,6 @@ with each other are taken alternately (round robin), not one after another.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import datetime
@@ -701,10 +700,7 @@ def ratios(starts: dict[str, Any], baselines: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
-    parser.add_argument("--out", type=Path, help="also write the JSON summary here")
-    args = parser.parse_args(argv)
+    args = _common.quick_out_args(__doc__, argv)
     counts = QUICK if args.quick else FULL
     began = datetime.datetime.now(datetime.UTC)
     machine = machine_info()
@@ -774,12 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         "runtime_counters": ff["counters"],
     }
     report["elapsed_s"] = _common.elapsed_s()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    return _common.emit(report, args.out, indent=2)
 
 
 if __name__ == "__main__":
