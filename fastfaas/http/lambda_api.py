@@ -388,9 +388,11 @@ class LambdaApi:
         version = [(b"x-amz-executed-version", executed.encode())]
         if kind in (b"Event", b"DryRun"):
             # Checks; an Event is committed (with the version an alias chose) before the 202.
-            self.native._invoke_other(kind, name, body, executed)
+            queued = self.native._invoke_other(kind, name, body, executed)
             if kind == b"Event":
-                return Response(202, b"", version)
+                ids = [(b"x-amzn-requestid", v) for k, v in queued.headers
+                       if k == b"x-fastfaas-request-id"]
+                return Response(202, b"", version + ids)
             return Response(204, b"", version)
         if kind != b"RequestResponse":
             raise invalid(f"X-Amz-Invocation-Type {kind.decode(errors='replace')!r} must be"

@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+import httpx
 import pytest
 
 from tests.conftest import ServerProcess
@@ -218,8 +219,21 @@ def test_provisioned_concurrency_keeps_a_versions_instances_ready(aws: Any) -> N
     assert got["Status"] == "READY" and got["AvailableProvisionedConcurrentExecutions"] == 2
     r = aws.invoke(FunctionName="provisioned", Qualifier="ready")
     assert r["ExecutedVersion"] == "1"
-    queued = aws.invoke(FunctionName="provisioned", Qualifier="ready", InvocationType="Event")
+    queued = aws.invoke(FunctionName="provisioned", Qualifier="ready", InvocationType="Event",
+                        Payload=b'{"queued": true}')
     assert queued["StatusCode"] == 202 and queued["ExecutedVersion"] == "1"
+    # It ran, on version 1: its result, through the native API's view of the queue (no
+    # event for it over HTTP: asked again until done, for at most 30 s).
+    request_id = queued["ResponseMetadata"]["RequestId"]
+    url = aws.meta.endpoint_url
+    deadline = time.monotonic() + 30
+    while True:
+        row = httpx.get(f"{url}/v1/invocations/{request_id}").json()
+        if row["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            break
+    assert row["status"] == "succeeded", row
+    assert row["result"]["function_version"] == "1" and row["result"]["event"] == {
+        "queued": True}
     dry = aws.invoke(FunctionName="provisioned:1", InvocationType="DryRun")
     assert dry["StatusCode"] == 204
     assert r["ResponseMetadata"]["HTTPHeaders"]["x-fastfaas-start"] == "prewarmed"
@@ -254,6 +268,17 @@ def test_the_aws_cli_deploys_invokes_and_reads_the_log_tail(
     assert "printed" in base64.b64decode(out["LogResult"]).decode()
     names = [f["FunctionName"] for f in run("list-functions")["Functions"]]
     assert "from-cli" in names
+    assert run("publish-version", "--function-name", "from-cli")["Version"] == "1"
+    alias = run("create-alias", "--function-name", "from-cli", "--name", "live",
+                "--function-version", "1")
+    assert alias["FunctionVersion"] == "1"
+    out = run("invoke", "--function-name", "from-cli", "--qualifier", "live", "result.json")
+    assert out["ExecutedVersion"] == "1"
+    assert run("put-function-concurrency", "--function-name", "from-cli",
+               "--reserved-concurrent-executions", "4")["ReservedConcurrentExecutions"] == 4
+    assert run("get-account-settings")["AccountLimit"]["ConcurrentExecutions"] > 0
+    assert run("get-function-configuration", "--function-name", "from-cli:1")["Version"] == "1"
+    run("delete-alias", "--function-name", "from-cli", "--name", "live")
     run("delete-function", "--function-name", "from-cli")
 
 
