@@ -158,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("name")
     lg.add_argument("--limit", type=int, default=20)
     lg.set_defaults(run=_logs)
+    sz = sub.add_parser("sizing", parents=[common],
+                        help="a function's memory size from its observed usage, and why")
+    sz.add_argument("name")
+    sz.add_argument("--version", default="$LATEST")
+    sz.set_defaults(run=_sizing)
     st = sub.add_parser("status", parents=[common], help="the server's health (GET /healthz)")
     st.set_defaults(run=_status)
 
@@ -373,6 +378,16 @@ def _logs(args: argparse.Namespace) -> None:
         print(f"{when} {e['request_id']} {e['start']:9} {e['duration_us']:>8}us {outcome}")
         for line in e["log"].splitlines():
             print(f"    {line}")
+
+
+def _sizing(args: argparse.Namespace) -> None:
+    rec = _check(_request(args, "GET", f"/v1/functions/{args.name}/sizing",
+                          params={"version": args.version}))
+    print(f"{args.name}: {rec['change']}: {rec['current_mb']} MB -> {rec['memory_mb']} MB")
+    print(f"  {rec['reason']}")
+    if rec.get("faster_by", 1.0) > 1.0:
+        print(f"  expected speed-up: {rec['faster_by']}x")
+    print("  evidence: " + ", ".join(f"{k} {v:g}" for k, v in rec["evidence"].items()))
 
 
 def _status(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ from fastfaas.errors import FastfaasError, IsolationError
 from fastfaas.events.poller import Poller
 from fastfaas.http.native import NativeApi
 from fastfaas.http.server import HttpServer, Limits
+from fastfaas.runtime import sizing
 from fastfaas.runtime.runtime import LATEST, Runtime
 from fastfaas.runtime.store import Store
 
@@ -114,6 +115,7 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
         store = Store(data_dir / "fastfaas.db")
     except Exception as exc:
         raise ConfigurationError(f"cannot open {data_dir / 'fastfaas.db'}: {exc}") from exc
+    kept: list[Runtime] = []
     try:
         async with Runtime(data_dir, cgroups=opts.cgroups, warm_pool_size=opts.warm_pool_size,
                            allow_source_builds=opts.allow_source_builds,
@@ -144,6 +146,7 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
             poller.on_result = api.record_async
             http = HttpServer(api, api.body_limit, opts.limits)
             await nursery.start(poller.run)
+            nursery.start_soon(_keep_usage, rt, store)
             http_done = trio.Event()
 
             async def run_http() -> None:
@@ -170,9 +173,17 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                 await poller.wait_idle()
             rt.requirements.kill_all()  # a deploy still installing must not hold the stop
             nursery.cancel_scope.cancel()
+            kept.append(rt)
     except IsolationError as exc:  # from the Runtime's start: nothing is serving yet
         raise ConfigurationError(str(exc)) from None
     finally:
+        # What the last interval recorded, once the flushing task (and its thread) is done.
+        for rt in kept:
+            try:
+                store.add_usage(rt.take_usage())
+            except Exception as exc:  # the stop goes on; the samples are only lost
+                print(f"fastfaas: could not keep the last usage samples: {exc}",
+                      file=sys.stderr)
         store.close()
 
 
@@ -212,6 +223,18 @@ def _remove_leftovers(data_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+USAGE_FLUSH_S = 5.0  # how often the usage samples of invocations go to SQLite
+
+
+async def _keep_usage(rt: Runtime, store: Store) -> None:
+    """Usage samples into the registry, in batches, off the request path (a thread)."""
+    while True:
+        await trio.sleep(USAGE_FLUSH_S)
+        rows = rt.take_usage()
+        if rows:
+            await trio.to_thread.run_sync(store.add_usage, rows)
+
+
 def _restore(rt: Runtime, store: Store) -> int:
     count = 0
     for fn in store.functions():  # $LATEST sorts before the published versions
@@ -221,6 +244,8 @@ def _restore(rt: Runtime, store: Store) -> int:
                 count += 1
             else:
                 rt.restore_version(fn.name, fn.version, fn.config, fn.code_sha256)
+            rt.load_usage(fn.name, fn.version,
+                          store.usage(fn.name, fn.version, sizing.UsageSample))
         except FastfaasError as exc:
             print(f"fastfaas: could not restore function {fn.name!r}: {exc}", file=sys.stderr)
     return count

@@ -40,7 +40,8 @@ class Metrics:
             hist = self.latency[function] = Histogram()
         hist.observe(seconds)
 
-    def render(self, stats: dict[str, Any], queued: int) -> bytes:
+    def render(self, stats: dict[str, Any], queued: int,
+               sizes: dict[str, Any] | None = None) -> bytes:
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -107,6 +108,13 @@ class Metrics:
         family("fastfaas_http_errors_total", "counter", "Platform error responses by status.")
         for status, n in sorted(self.http_errors.items()):
             out.append(f'fastfaas_http_errors_total{{status="{status}"}} {n}')
+        if sizes:
+            family("fastfaas_recommended_memory_mb", "gauge",
+                   "The memory size observed usage recommends, by function"
+                   " (GET /v1/functions/NAME/sizing says why).")
+            for fn, rec in sorted(sizes.items()):
+                out.append(f'fastfaas_recommended_memory_mb{{function="{_esc(fn)}",'
+                           f'change="{_esc(rec.change)}"}} {rec.memory_mb}')
         return ("\n".join(out) + "\n").encode()
 
 

@@ -8,6 +8,7 @@ Routes:
     DELETE /v1/functions/{name}             drain and stop
     POST   /v1/functions/{name}/warm        claim a zygote now (import the code)
     GET    /v1/functions/{name}/logs        recent invocations with their output
+    GET    /v1/functions/{name}/sizing      a memory size from observed usage, and why
     POST   /v1/functions/{name}/invoke      run it; `X-Fastfaas-Invocation-Type: Event` queues
     GET    /v1/invocations/{id}             an asynchronous invocation's status and result
     GET    /healthz, GET /metrics
@@ -135,7 +136,8 @@ class NativeApi:
                         return self._method_not_allowed("POST")
                     return await self._invoke(req, parts[3], t0)
                 routes: dict[str, dict[bytes, Handler]] = {
-                    "logs": {b"GET": self._logs}, "warm": {b"POST": self._warm}}
+                    "logs": {b"GET": self._logs}, "warm": {b"POST": self._warm},
+                    "sizing": {b"GET": self._sizing}}
                 return await self._dispatch(req, routes.get(parts[4]), parts[3])
             if len(parts) == 4 and parts[1] == "v1" and parts[2] == "functions":
                 return await self._dispatch(req, {
@@ -328,6 +330,7 @@ class NativeApi:
         async with self._write_lock:
             await self.runtime.delete(name)
             self.store.delete_function(name, LATEST)
+            self.store.delete_usage(name)
         return Response(200, _encode({"name": name, "deleted": True}))
 
     async def _warm(self, req: Request, name: str) -> Response:
@@ -341,6 +344,13 @@ class NativeApi:
         if error is not None:
             headers.append((b"x-fastfaas-function-error", error.kind.encode()))
         return Response(200, _encode(body), headers)
+
+    async def _sizing(self, req: Request, name: str) -> Response:
+        check_name(name)
+        version = dict(parse_qsl(req.query.decode("latin-1"))).get("version", LATEST)
+        rec = self.runtime.sizing_for(name, version)
+        return Response(200, _encode({"name": name, "version": version,
+                                      **msgspec.to_builtins(rec)}))
 
     async def _logs(self, req: Request, name: str) -> Response:
         check_name(name)
@@ -383,7 +393,9 @@ class NativeApi:
         }))
 
     async def _metrics(self, req: Request, _: str) -> Response:
-        body = self.metrics.render(self.runtime.statistics(), self.store.queued_count())
+        rt = self.runtime
+        sizes = {name: rt.sizing_for(name) for name in rt.functions()}
+        body = self.metrics.render(rt.statistics(), self.store.queued_count(), sizes)
         return Response(200, body, [(b"content-type", b"text/plain; version=0.0.4")])
 
 

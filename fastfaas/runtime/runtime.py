@@ -48,7 +48,7 @@ from fastfaas.errors import (
     ZygoteError,
 )
 from fastfaas.runtime import code as code_bundles
-from fastfaas.runtime import policy
+from fastfaas.runtime import policy, sizing
 from fastfaas.runtime.cgroups import Cgroups, CgroupSet
 from fastfaas.runtime.channel import AsyncChannel
 from fastfaas.runtime.policy import Deadline
@@ -115,6 +115,7 @@ class FunctionVersion:
         self.retired = False
         self.slot_released = False
         self.init_log = b""
+        self.usage = sizing.history()  # per invocation: peak memory, CPU, duration, outcome
         self.isolation = "none"  # set by the Runtime: the level in force
         self.cgrouped = False
         self.sandbox: wire.Sandbox | None = None  # strict: its zygote's namespaces
@@ -238,6 +239,9 @@ class Runtime:
             python, self.data_dir / "deps", allow_source_builds=allow_source_builds,
             pip_args=pip_args)
         self._logs: dict[str, collections.deque[LogEntry]] = {}
+        # Usage samples not yet taken for the registry (take_usage), bounded.
+        self._new_usage: collections.deque[tuple[str, str, sizing.UsageSample]] = (
+            collections.deque(maxlen=100_000))
         self._log_entries = log_entries
         self.template = Template(python, cwd="/")
         self._template_up = trio.Event()
@@ -598,6 +602,24 @@ class Runtime:
         self._start_prewarm(fv)
         self._reap_lot.unpark_all()
 
+    def sizing_for(self, name: str, version: str = LATEST) -> sizing.Recommendation:
+        """A memory size for the function from its observed usage, with reason and evidence."""
+        fv = self._lookup(name, version)
+        return sizing.recommend(fv.usage, fv.config.memory_mb)
+
+    def usage(self, name: str, version: str = LATEST) -> list[sizing.UsageSample]:
+        return list(self._lookup(name, version).usage)
+
+    def load_usage(self, name: str, version: str, samples: list[sizing.UsageSample]) -> None:
+        """Usage recorded before a restart."""
+        self._lookup(name, version).usage.extend(samples)
+
+    def take_usage(self) -> list[tuple[str, str, sizing.UsageSample]]:
+        """The samples recorded since the last call (for the registry to keep)."""
+        taken = list(self._new_usage)
+        self._new_usage.clear()
+        return taken
+
     async def delete_version(self, name: str, version: str) -> None:
         """Remove one published version; its calls in flight finish."""
         self._check_open()
@@ -771,13 +793,20 @@ class Runtime:
                     # dead): another instance gets it.
                     self.counters["retries"] += 1
                     continue
-                self._log(fv.name, result)
+                self._log(fv, result)
                 return result
         finally:
             self.limits.release(name)
         raise ZygoteError(f"function {fv.name}: no live instance could take the invocation")
 
-    def _log(self, name: str, result: InvocationResult) -> None:
+    def _log(self, fv: FunctionVersion, result: InvocationResult) -> None:
+        name = fv.name
+        error = result.error
+        sample = sizing.UsageSample(time.time(), result.usage.max_memory_bytes,
+                                    result.usage.cpu_us, result.duration_us,
+                                    "success" if error is None else error.kind, result.start)
+        fv.usage.append(sample)
+        self._new_usage.append((name, fv.version, sample))
         if name not in self._functions:
             return  # deleted while the call ran
         entries = self._logs.get(name)

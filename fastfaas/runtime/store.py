@@ -30,6 +30,13 @@ CREATE TABLE IF NOT EXISTS functions (
     updated_at REAL NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS usage (
+    function TEXT NOT NULL,
+    version TEXT NOT NULL,
+    time REAL NOT NULL,
+    sample BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_function ON usage (function, version, time);
 CREATE TABLE IF NOT EXISTS aliases (
     function TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -88,6 +95,9 @@ class Registry(Protocol):
     def delete_function(self, name: str, version: str) -> None: ...
     def functions(self) -> list[StoredFunction]: ...
     def put_alias(self, alias: StoredAlias) -> None: ...
+    def add_usage(self, rows: list[tuple[str, str, Any]], keep: int = 2000) -> None: ...
+    def usage(self, function: str, version: str, type_: Any) -> list[Any]: ...
+    def delete_usage(self, function: str, version: str | None = None) -> None: ...
     def delete_alias(self, function: str, name: str) -> None: ...
     def aliases(self, function: str | None = None) -> list[StoredAlias]: ...
 
@@ -152,6 +162,34 @@ class Store:
             "SELECT name, version, config, code_sha256 FROM functions ORDER BY name, version")
         return [StoredFunction(name, version, msgspec.json.decode(config, type=FunctionConfig),
                                sha) for name, version, config, sha in rows]
+
+    def add_usage(self, rows: list[tuple[str, str, Any]], keep: int = 2000) -> None:
+        """Usage samples (msgspec structs); each function version keeps its last `keep`."""
+        if not rows:
+            return
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO usage (function, version, time, sample) VALUES (?, ?, ?, ?)",
+                [(f, v, sample.time, msgspec.msgpack.encode(sample)) for f, v, sample in rows])
+            for f, v in {(f, v) for f, v, _ in rows}:
+                self._db.execute(
+                    "DELETE FROM usage WHERE function = ? AND version = ? AND time <"
+                    " (SELECT time FROM usage WHERE function = ? AND version = ?"
+                    " ORDER BY time DESC LIMIT 1 OFFSET ?)", (f, v, f, v, keep - 1))
+
+    def usage(self, function: str, version: str, type_: Any) -> list[Any]:
+        rows = self._db.execute(
+            "SELECT sample FROM usage WHERE function = ? AND version = ? ORDER BY time",
+            (function, version))
+        return [msgspec.msgpack.decode(blob, type=type_) for (blob,) in rows]
+
+    def delete_usage(self, function: str, version: str | None = None) -> None:
+        with self._transaction():
+            if version is None:
+                self._db.execute("DELETE FROM usage WHERE function = ?", (function,))
+            else:
+                self._db.execute("DELETE FROM usage WHERE function = ? AND version = ?",
+                                 (function, version))
 
     def put_alias(self, alias: StoredAlias) -> None:
         with self._transaction():

@@ -212,3 +212,21 @@ def test_a_newer_schema_is_refused(db_path: Path) -> None:
     db = sqlite3.connect(db_path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 99
     db.close()
+
+
+def test_usage_is_kept_bounded_per_function_version(tmp_path) -> None:
+    from fastfaas.runtime.sizing import UsageSample
+
+    store = Store(tmp_path / "u.db")
+    try:
+        rows = [("f", "$LATEST", UsageSample(float(t), t, t, t, "success", "warm"))
+                for t in range(30)]
+        store.add_usage(rows[:20], keep=10)
+        store.add_usage([*rows[20:], ("g", "1", rows[0][2])], keep=10)
+        kept = store.usage("f", "$LATEST", UsageSample)
+        assert [s.time for s in kept] == [float(t) for t in range(20, 30)]
+        assert store.usage("g", "1", UsageSample) == [rows[0][2]]
+        store.delete_usage("f")
+        assert store.usage("f", "$LATEST", UsageSample) == []
+    finally:
+        store.close()
