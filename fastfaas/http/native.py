@@ -219,6 +219,8 @@ class NativeApi:
             headers.append((b"x-fastfaas-function-error", error.kind.encode()))
         if result.affinity:
             headers.append((b"x-fastfaas-affinity", result.affinity.encode()))
+        if result.escalated_mb:
+            headers.append((b"x-fastfaas-escalated", b"%d" % result.escalated_mb))
         return Response(200, result.payload, headers)
 
     def _invoke_other(self, kind: bytes, name: str, body: bytes,

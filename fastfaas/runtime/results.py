@@ -45,6 +45,9 @@ class InvocationResult(msgspec.Struct, frozen=True):
     # "queued": a new instance of an infrequent function, started through the
     # shared queue of starts; "direct" otherwise.
     route: str = "direct"
+    # escalate_on_oom: the memory_mb of the instance that ran it again, after an
+    # OutOfMemory at the configured size; 0 when it was not escalated.
+    escalated_mb: int = 0
 
     @property
     def ok(self) -> bool:

@@ -788,6 +788,10 @@ class Runtime:
                 try:
                     result = await self._invoke_once(fv, raw, request_id, route_key,
                                                      route_wait)
+                    size = self._escalation_size(fv, result)
+                    if size:
+                        self._log(fv, result)  # the OutOfMemory feeds the sizing too
+                        result = await self._invoke_escalated(fv, raw, request_id, size)
                 except _Retry:
                     # The event reached no handler (its instance or zygote was already
                     # dead): another instance gets it.
@@ -870,6 +874,52 @@ class Runtime:
             fv.in_flight -= 1
             self._running -= 1
             fv.last_used = self._now()
+            if fv.retired:
+                self._maybe_finish_draining(fv)
+
+    def _escalation_size(self, fv: FunctionVersion, result: InvocationResult) -> int:
+        """escalate_on_oom: the next size up (doubling, up to max_memory_mb or 10240)
+        after an OutOfMemory; 0 when there is none to try."""
+        cfg = fv.config
+        if (result.error is None or result.error.kind != errors.OUT_OF_MEMORY
+                or not cfg.escalate_on_oom or not fv.cgrouped):
+            return 0
+        size = min(cfg.memory_mb * 2, cfg.max_memory_mb or 10240)
+        return size if size > cfg.memory_mb else 0
+
+    async def _invoke_escalated(self, fv: FunctionVersion, raw: bytes, request_id: str,
+                                memory_mb: int) -> InvocationResult:
+        """The invocation once more, at `memory_mb`, in an instance forked for it (and
+        retired after: its cgroup is not the function's size)."""
+        fv.in_flight += 1
+        self._running += 1
+        try:
+            for _attempt in range(3):
+                z = fv.zygote
+                if z is None or z.dead:
+                    claimed = await self._claim(fv)
+                    if isinstance(claimed, FunctionError):
+                        return _error_result(claimed, "claimed", request_id, fv.init_log)
+                    continue
+                invocation = self._invocation(fv, raw, request_id)
+                inst = await self._spawn(fv, z, invocation.data, memory_mb)
+                self._cg_hint = fv.config.memory_mb  # the pool keeps the function's size
+                if inst is None:
+                    z.dead = True
+                    continue
+                self.table.set_state(inst.table_id, _native.STATE_BUSY)
+                self.counters["escalations"] += 1
+                result = await self._run(fv, inst, "forked", request_id, invocation,
+                                         inst.cpu_base, True)
+                if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE:
+                    # No await since it went idle: no other call has it. Its cgroup is
+                    # not the function's size: it serves nothing else.
+                    self._retire(inst)
+                return msgspec.structs.replace(result, escalated_mb=memory_mb)
+            raise ZygoteError(f"function {fv.name}: no instance for the escalated call")
+        finally:
+            fv.in_flight -= 1
+            self._running -= 1
             if fv.retired:
                 self._maybe_finish_draining(fv)
 
@@ -1262,12 +1312,14 @@ class Runtime:
             limits.append((resource.RLIMIT_DATA, data, data))
         return limits
 
-    async def _spawn(self, fv: FunctionVersion, z: ZygoteHandle,
-                     first: bytes = b"") -> InstanceHandle | None:
+    async def _spawn(self, fv: FunctionVersion, z: ZygoteHandle, first: bytes = b"",
+                     memory_mb: int | None = None) -> InstanceHandle | None:
         """Fork one instance (state SPAWNING), handing it `first` (an encoded
-        Invoke) to run at once; None if the zygote is gone."""
+        Invoke) to run at once; None if the zygote is gone. `memory_mb`: a cgroup
+        of another size than the function's (an escalated call)."""
         # may raise: before anything is held
-        cg = self._take_cgroup(fv.config.memory_mb) if fv.cgrouped else None
+        size = memory_mb or fv.config.memory_mb
+        cg = self._take_cgroup(size) if fv.cgrouped else None
         tid = self.table.add(fv.slot)
         spawn_id = next(self._spawn_ids)
         inst = InstanceHandle(tid, f"{self._rid}-{next(self._instance_names)}", fv, z, cg)

@@ -78,6 +78,15 @@ def test_sizing_over_http_the_cli_metrics_and_a_restart(start_server: Any,
         rec = client.get("/v1/functions/alloc/sizing").json()
         assert rec["change"] == "smaller" and rec["memory_mb"] < 1024, rec
         assert rec["evidence"]["samples"] == 6
+        r = client.put("/v1/functions/esc", params={"handler": "app.handler",
+                                                     "memory_mb": "128",
+                                                     "escalate_on_oom": "true"},
+                       content=zip_of(app=ALLOCATES),
+                       headers={"content-type": "application/zip"})
+        assert r.status_code == 201, r.text
+        escalated = client.post("/v1/functions/esc/invoke", json={"mb": 180})
+        assert escalated.headers.get("x-fastfaas-escalated") == "256", escalated.text
+        assert "x-fastfaas-function-error" not in escalated.headers
         metrics = client.get("/metrics").text
         assert (f'fastfaas_recommended_memory_mb{{function="alloc",change="smaller"}}'
                 f' {rec["memory_mb"]}') in metrics
@@ -91,3 +100,31 @@ def test_sizing_over_http_the_cli_metrics_and_a_restart(start_server: Any,
         kept = client.get("/v1/functions/alloc/sizing").json()
     assert kept["evidence"]["samples"] == 6 and kept["memory_mb"] == rec["memory_mb"], kept
     assert json.dumps(kept["evidence"]) == json.dumps(rec["evidence"])
+
+
+async def test_an_out_of_memory_is_escalated_once_in_the_same_request(
+        tmp_path: Path, make_function: Any, cgroups_mode: str) -> None:
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode) as rt:
+        code = make_function(app=ALLOCATES)
+        await rt.deploy("plain", source=code, handler="app.handler", memory_mb=128)
+        await rt.deploy("esc", source=code, handler="app.handler", memory_mb=128,
+                        escalate_on_oom=True)
+        await rt.deploy("capped", source=code, handler="app.handler", memory_mb=128,
+                        escalate_on_oom=True, max_memory_mb=128)
+        event = {"mb": 180}
+        plain = await rt.invoke("plain", event)
+        assert plain.error is not None and plain.error.kind == "OutOfMemory"
+        assert plain.escalated_mb == 0
+        esc = await rt.invoke("esc", event)
+        assert esc.ok and esc.value() == 180 * 1024 * 1024, esc.payload
+        assert esc.escalated_mb == 256
+        assert esc.usage.max_memory_bytes > 180 * 1024 * 1024
+        # The OutOfMemory at 128 MB is in the record: the sizing asks for more.
+        outcomes = [s.outcome for s in rt.usage("esc")]
+        assert outcomes == ["OutOfMemory", "success"]
+        assert rt.sizing_for("esc").memory_mb >= 256 or len(outcomes) < 5
+        capped = await rt.invoke("capped", event)  # no size up to try: the error stands
+        assert capped.error is not None and capped.error.kind == "OutOfMemory"
+        # The function's own instances keep its size afterwards.
+        small = await rt.invoke("esc", {"mb": 10})
+        assert small.ok and small.escalated_mb == 0
