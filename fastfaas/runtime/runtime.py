@@ -894,29 +894,20 @@ class Runtime:
         fv.in_flight += 1
         self._running += 1
         try:
-            for _attempt in range(3):
-                z = fv.zygote
-                if z is None or z.dead:
-                    claimed = await self._claim(fv)
-                    if isinstance(claimed, FunctionError):
-                        return _error_result(claimed, "claimed", request_id, fv.init_log)
-                    continue
-                invocation = self._invocation(fv, raw, request_id)
-                inst = await self._spawn(fv, z, invocation.data, memory_mb)
-                self._cg_hint = fv.config.memory_mb  # the pool keeps the function's size
-                if inst is None:
-                    z.dead = True
-                    continue
-                self.table.set_state(inst.table_id, _native.STATE_BUSY)
-                self.counters["escalations"] += 1
-                result = await self._run(fv, inst, "forked", request_id, invocation,
-                                         inst.cpu_base, True)
-                if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE:
-                    # No await since it went idle: no other call has it. Its cgroup is
-                    # not the function's size: it serves nothing else.
-                    self._retire(inst)
-                return msgspec.structs.replace(result, escalated_mb=memory_mb)
-            raise ZygoteError(f"function {fv.name}: no instance for the escalated call")
+            started = await self._start_instance(fv, raw, request_id, memory_mb)
+            self._cg_hint = fv.config.memory_mb  # the pool keeps the function's size
+            if isinstance(started, InvocationResult):
+                return started  # its InitError
+            _, inst, invocation = started
+            self.table.set_state(inst.table_id, _native.STATE_BUSY)
+            self.counters["escalations"] += 1
+            result = await self._run(fv, inst, "forked", request_id, invocation,
+                                     inst.cpu_base, True)
+            if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE:
+                # No await since it went idle: no other call has it. Its cgroup is not
+                # the function's size: it serves nothing else.
+                self._retire(inst)
+            return msgspec.structs.replace(result, escalated_mb=memory_mb)
         finally:
             fv.in_flight -= 1
             self._running -= 1
@@ -1114,9 +1105,10 @@ class Runtime:
         return Invocation(data, deadline)
 
     async def _start_instance(
-        self, fv: FunctionVersion, raw: bytes, request_id: str
+        self, fv: FunctionVersion, raw: bytes, request_id: str, memory_mb: int | None = None
     ) -> tuple[str, InstanceHandle, Invocation] | InvocationResult:
-        """An instance forked with the invocation already in its hands (its deadline runs)."""
+        """An instance forked with the invocation already in its hands (its deadline runs);
+        `memory_mb`: in a cgroup of that size instead of the function's."""
         start = "forked"
         for _attempt in range(3):
             z = fv.zygote
@@ -1127,7 +1119,7 @@ class Runtime:
                 start = claimed
                 continue
             invocation = self._invocation(fv, raw, request_id)
-            inst = await self._spawn(fv, z, invocation.data)
+            inst = await self._spawn(fv, z, invocation.data, memory_mb)
             if inst is not None:
                 return start, inst, invocation
             z.dead = True  # unreachable: claim another
