@@ -62,6 +62,16 @@ class _Raw(io.BytesIO):
         yield self.getvalue()
 
 
+def create_bench_function(aws: Any) -> None:
+    """The trivial handler as function `bench`, through CreateFunction."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("lambda_function.py", HANDLER)
+    aws.create_function(FunctionName="bench", Runtime="python3.11", Role="r",
+                        Handler="lambda_function.lambda_handler",
+                        Code={"ZipFile": buf.getvalue()}, MemorySize=1769)
+
+
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "fastfaas", "serve", "--port", "0",
                              "--data-dir", str(data_dir)], stdout=subprocess.PIPE,
@@ -132,12 +142,7 @@ def forked_through_boto3(counts: dict[str, int], data_dir: Path,
     server = InProcess(data_dir)
     try:
         aws = boto3.client("lambda", endpoint_url=server.url, **creds)
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
-            z.writestr("lambda_function.py", HANDLER)
-        aws.create_function(FunctionName="bench", Runtime="python3.11", Role="r",
-                            Handler="lambda_function.lambda_handler",
-                            Code={"ZipFile": buf.getvalue()}, MemorySize=1769)
+        create_bench_function(aws)
         out: dict[str, list[int]] = {"warm": [], "forked": []}
         kinds: dict[str, int] = {}
         for i in range(counts["forked"] + counts["forked"] // 10):  # a tenth to warm up
@@ -167,12 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         proc, url = start_server(Path(tmp) / "data")
         try:
             aws = boto3.client("lambda", endpoint_url=url, **creds)
-            buf = io.BytesIO()
-            with zipfile.ZipFile(buf, "w") as z:
-                z.writestr("lambda_function.py", HANDLER)
-            aws.create_function(FunctionName="bench", Runtime="python3.11", Role="r",
-                                Handler="lambda_function.lambda_handler",
-                                Code={"ZipFile": buf.getvalue()}, MemorySize=1769)
+            create_bench_function(aws)
             stub = boto3.client("lambda", endpoint_url=url, **creds)
             canned = b'{"ok":true}'
 

@@ -228,6 +228,7 @@ USAGE_FLUSH_S = 5.0  # how often the usage samples of invocations go to SQLite
 
 async def _keep_usage(rt: Runtime, store: Store) -> None:
     """Usage samples into the registry, in batches, off the request path (a thread)."""
+    rt.take_usage()  # from now on
     while True:
         await trio.sleep(USAGE_FLUSH_S)
         rows = rt.take_usage()

@@ -279,12 +279,17 @@ class LambdaApi:
             if name in self.runtime.functions():
                 raise LambdaError(409, "ResourceConflictException",
                                   f"Function already exist: {name}")
-            await self.runtime.deploy(name, zip_data, handler, **fields)
-            self.native._save(name)
-            self.modified[name] = time.time()
-            version = self._publish_now(name) if body.get("Publish") else LATEST
+            version = await self._deploy(name, zip_data, handler, fields, body)
         return Response(201, _encode(self.configuration(name, version)),
                         [(b"content-type", JSON)])
+
+    async def _deploy(self, name: str, zip_data: bytes, handler: str, fields: dict[str, Any],
+                      body: dict[str, Any]) -> str:
+        """Deploy $LATEST, keep it, and publish it when asked: the version to show."""
+        await self.runtime.deploy(name, zip_data, handler, **fields)
+        self.native._save(name)
+        self.modified[name] = time.time()
+        return self._publish_now(name) if body.get("Publish") else LATEST
 
     async def _list(self, req: Request, _: str, op: str) -> Response:
         query = dict(parse_qsl(req.query.decode("latin-1")))
@@ -372,10 +377,7 @@ class LambdaApi:
         cfg = self.runtime.config(name)
         fields = {k: getattr(cfg, k) for k in cfg.__struct_fields__ if k != "handler"}
         async with self.native._write_lock:
-            await self.runtime.deploy(name, zip_data, cfg.handler, **fields)
-            self.native._save(name)
-            self.modified[name] = time.time()
-            version = self._publish_now(name) if body.get("Publish") else LATEST
+            version = await self._deploy(name, zip_data, cfg.handler, fields, body)
         return Response(200, _encode(self.configuration(name, version)),
                         [(b"content-type", JSON)])
 

@@ -239,9 +239,9 @@ class Runtime:
             python, self.data_dir / "deps", allow_source_builds=allow_source_builds,
             pip_args=pip_args)
         self._logs: dict[str, collections.deque[LogEntry]] = {}
-        # Usage samples not yet taken for the registry (take_usage), bounded.
-        self._new_usage: collections.deque[tuple[str, str, sizing.UsageSample]] = (
-            collections.deque(maxlen=100_000))
+        # Usage samples not yet taken for the registry: kept once take_usage() is
+        # first called (the server's), bounded; an embedding that never asks keeps none.
+        self._new_usage: collections.deque[tuple[str, str, sizing.UsageSample]] | None = None
         self._log_entries = log_entries
         self.template = Template(python, cwd="/")
         self._template_up = trio.Event()
@@ -615,7 +615,10 @@ class Runtime:
         self._lookup(name, version).usage.extend(samples)
 
     def take_usage(self) -> list[tuple[str, str, sizing.UsageSample]]:
-        """The samples recorded since the last call (for the registry to keep)."""
+        """The samples recorded since the last call (for the registry to keep); the
+        first call starts the keeping."""
+        if self._new_usage is None:
+            self._new_usage = collections.deque(maxlen=100_000)
         taken = list(self._new_usage)
         self._new_usage.clear()
         return taken
@@ -810,7 +813,8 @@ class Runtime:
                                     result.usage.cpu_us, result.duration_us,
                                     "success" if error is None else error.kind, result.start)
         fv.usage.append(sample)
-        self._new_usage.append((name, fv.version, sample))
+        if self._new_usage is not None:
+            self._new_usage.append((name, fv.version, sample))
         if name not in self._functions:
             return  # deleted while the call ran
         entries = self._logs.get(name)

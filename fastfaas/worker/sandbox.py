@@ -29,7 +29,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import socket
 import sys
 from typing import Any
@@ -203,5 +202,16 @@ def make_instance_tmpdir(instance_id: int) -> None:
 
 
 def remove_instance_tmpdir(instance_id: int) -> None:
-    """In the zygote, when the instance has ended."""
-    shutil.rmtree(instance_tmpdir(instance_id), ignore_errors=True)
+    """In the zygote, when the instance has ended: what can be removed is (not shutil,
+    whose import brings bz2, lzma and zlib into every zygote)."""
+    root = instance_tmpdir(instance_id)
+    for top, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(top, name))
+        for name in dirs:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                os.unlink(path) if os.path.islink(path) else os.rmdir(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(root)
