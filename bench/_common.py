@@ -99,6 +99,21 @@ def quick_out_args(doc: str | None, argv: list[str] | None) -> argparse.Namespac
     return parser.parse_args(argv)
 
 
+def run_in_tempdir(script: str, run: Any, *args: Any) -> Any:
+    """trio.run(run, *args, a fresh temporary directory), removed after; None (said on
+    stderr) when the run raises BenchError."""
+    import tempfile
+
+    import trio
+
+    with tempfile.TemporaryDirectory(prefix="fastfaas-bench-") as tmp:
+        try:
+            return trio.run(run, *args, Path(tmp))
+        except BenchError as exc:
+            print(f"{script}: {exc}", file=sys.stderr)
+            return None
+
+
 def emit(report: dict[str, Any], out: Path | None, indent: int | None = None) -> int:
     """Print the JSON report (compact unless `indent`) and write it to `out` too."""
     text = json.dumps(report, indent=indent, separators=None if indent else (",", ":"))

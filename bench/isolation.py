@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import datetime
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import _common
 import starts
-import trio
-from _common import BenchError, log
+from _common import log
 
 from fastfaas.runtime.runtime import Runtime
 
@@ -82,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _common.quick_out_args(__doc__, argv)
     counts = QUICK if args.quick else FULL
     began = datetime.datetime.now(datetime.UTC)
-    with tempfile.TemporaryDirectory(prefix="fastfaas-bench-") as tmp:
-        try:
-            figures = trio.run(run, counts, Path(tmp))
-        except BenchError as exc:
-            print(f"bench/isolation.py: {exc}", file=sys.stderr)
-            return 1
+    figures = _common.run_in_tempdir("bench/isolation.py", run, counts)
+    if figures is None:
+        return 1
     p50 = {kind: (figures[kind]["standard"]["p50_ms"], figures[kind]["strict"]["p50_ms"])
            for kind in KINDS}
     extra = {kind: round(b - a, 4) for kind, (a, b) in p50.items()}

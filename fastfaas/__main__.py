@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-budget-mb", type=int, default=None,
                    help="the most memory zygotes and instances may use, measured"
                         " (default: 80%% of the machine's)")
+    s.add_argument("--auto-size-after", type=int, default=50, metavar="N",
+                   help="a function with auto_size gets a new size after N invocations at"
+                        " its current size, if its usage asks for one (default 50)")
     s.add_argument("--affinity-wait-s", type=float, default=1.0,
                    help="how long a call with X-Fastfaas-Route-Key waits for its busy"
                         " instance before another serves it (default 1)")
@@ -163,6 +166,26 @@ def _parser() -> argparse.ArgumentParser:
     sz.add_argument("name")
     sz.add_argument("--version", default="$LATEST")
     sz.set_defaults(run=_sizing)
+    tn = sub.add_parser("tune", parents=[common],
+                        help="trial runs of an event at several memory sizes: duration and"
+                             " cost per size, and the best size per strategy",
+                        description="Power-Tuning-style trials: the event runs --runs times"
+                        " at each size (its side effects happen that many times), in"
+                        " instances forked for the trial; the function's own size and"
+                        " instances are untouched. The fastest and slowest 20%% of each"
+                        " size's runs are dropped; cost is duration x memory.")
+    tn.add_argument("name")
+    tn.add_argument("--event", required=True, metavar="FILE",
+                    help="a JSON file holding the event (- for standard input)")
+    tn.add_argument("--sizes", default=",".join(map(str, _TUNE_SIZES)),
+                    help="memory sizes in MB, comma-separated (default %(default)s)")
+    tn.add_argument("--runs", type=int, default=5, help="runs per size, >= 5 (default 5)")
+    tn.add_argument("--version", default="$LATEST")
+    tn.add_argument("--png", metavar="FILE",
+                    help="also draw duration and cost per size (needs the bench extra:"
+                         " matplotlib)")
+    tn.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    tn.set_defaults(run=_tune)
     st = sub.add_parser("status", parents=[common], help="the server's health (GET /healthz)")
     st.set_defaults(run=_status)
 
@@ -201,9 +224,9 @@ def _serve(args: argparse.Namespace) -> None:
         print("fastfaas: timeouts must be > 0", file=sys.stderr)
         sys.exit(2)
     if (args.async_concurrency < 1 or args.warm_pool_size < 0 or args.concurrency_limit < 1
-            or args.warm_pool_max < args.warm_pool_size):
-        print("fastfaas: --async-concurrency and --concurrency-limit must be >= 1 and"
-              " 0 <= --warm-pool-size <= --warm-pool-max",
+            or args.warm_pool_max < args.warm_pool_size or args.auto_size_after < 5):
+        print("fastfaas: --async-concurrency and --concurrency-limit must be >= 1,"
+              " 0 <= --warm-pool-size <= --warm-pool-max, and --auto-size-after >= 5",
               file=sys.stderr)
         sys.exit(2)
 
@@ -214,6 +237,7 @@ def _serve(args: argparse.Namespace) -> None:
         warm_pool_size=args.warm_pool_size, async_concurrency=args.async_concurrency,
         concurrency_limit=args.concurrency_limit, warm_pool_max=args.warm_pool_max,
         affinity_wait_s=args.affinity_wait_s, memory_budget_mb=args.memory_budget_mb,
+        auto_size_after=args.auto_size_after,
         isolation=args.isolation, sandbox_uid=args.sandbox_uid,
         sandbox_expose=tuple(args.sandbox_expose),
         allow_weaker_isolation=args.allow_weaker_isolation,
@@ -388,6 +412,85 @@ def _sizing(args: argparse.Namespace) -> None:
     if rec.get("faster_by", 1.0) > 1.0:
         print(f"  expected speed-up: {rec['faster_by']}x")
     print("  evidence: " + ", ".join(f"{k} {v:g}" for k, v in rec["evidence"].items()))
+
+
+_TUNE_SIZES = (128, 256, 512, 1024, 1769, 3008)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    try:
+        sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    except ValueError:
+        raise _CliError(f"--sizes {args.sizes!r}: memory sizes in MB, comma-separated"
+                        ) from None
+    try:
+        raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+        event = json.loads(raw)
+    except OSError as exc:
+        raise _CliError(f"--event: {exc}") from None
+    except ValueError as exc:
+        raise _CliError(f"--event {args.event}: not valid JSON: {exc}") from None
+    if args.png:
+        _plotting()  # before the trials: a missing extra should not cost a run
+    body = {"event": event, "sizes": sizes, "runs": args.runs, "version": args.version}
+    report = _check(_request(args, "POST", f"/v1/functions/{args.name}/tune", json=body,
+                             timeout=None))
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_tune(args.name, report))
+    if args.png:
+        draw_tune(args.name, report, args.png)
+        print(f"wrote {args.png}")
+
+
+def format_tune(name: str, report: dict[str, Any]) -> str:
+    """The tuning report as a table."""
+    best = report["best"]
+    lines = [f"{name}: {report['sizes'][0]['runs'] if report['sizes'] else 0} runs per size;"
+             f" the fastest and slowest {report['trim']:.0%} dropped",
+             f"{'MEMORY':>8} {'DURATION':>12} {'COST (MB-s)':>12}  ERRORS  BEST FOR"]
+    for s in report["sizes"]:
+        errs = ",".join(f"{k}:{v}" for k, v in s["errors"].items()) or "-"
+        tags = ",".join(k for k, mb in best.items() if mb == s["memory_mb"]) or ""
+        lines.append(f"{s['memory_mb']:>6}MB {s['duration_ms']:>10.3f}ms"
+                     f" {s['cost_mb_s']:>12.4f}  {errs:6}  {tags}")
+    if not best:
+        lines.append("no size ran without errors: no best size")
+    else:
+        lines.append("best: " + ", ".join(f"{k} {mb} MB" for k, mb in best.items()))
+    return "\n".join(lines)
+
+
+def _plotting() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise _CliError("--png needs matplotlib: pip install 'fastfaas[bench]'") from None
+    return plt
+
+
+def draw_tune(name: str, report: dict[str, Any], path: str) -> None:
+    """Duration and cost per size, Power Tuning's picture: two lines, two axes."""
+    plt = _plotting()
+    mbs = [s["memory_mb"] for s in report["sizes"]]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(mbs, [s["duration_ms"] for s in report["sizes"]], "o-", color="tab:blue")
+    left.set_xlabel("memory (MB)")
+    left.set_ylabel("duration (ms, trimmed mean)", color="tab:blue")
+    left.set_xscale("log", base=2)
+    left.set_xticks(mbs, [str(m) for m in mbs])
+    right = left.twinx()
+    right.plot(mbs, [s["cost_mb_s"] for s in report["sizes"]], "s--", color="tab:red")
+    right.set_ylabel("cost (MB-s per invocation)", color="tab:red")
+    best = ", ".join(f"{k} {mb} MB" for k, mb in report["best"].items())
+    left.set_title(f"fastfaas tune {name}" + (f" (best: {best})" if best else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _status(args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import shutil
 import signal
@@ -46,6 +47,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     warm_pool_max: int = 8
     affinity_wait_s: float = 1.0
     memory_budget_mb: int | None = None
+    auto_size_after: int = sizing.AUTO_AFTER
     allow_source_builds: bool = False
     pip_args: Sequence[str] = ()
     limits: Limits = Limits()
@@ -124,6 +126,7 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            warm_pool_max=max(opts.warm_pool_max, opts.warm_pool_size),
                            affinity_wait_s=opts.affinity_wait_s,
                            memory_budget_mb=opts.memory_budget_mb,
+                           auto_size_after=opts.auto_size_after,
                            isolation=opts.isolation, sandbox_uid=opts.sandbox_uid,
                            sandbox_gid=opts.sandbox_uid,
                            sandbox_expose=opts.sandbox_expose,
@@ -147,6 +150,7 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
             http = HttpServer(api, api.body_limit, opts.limits)
             await nursery.start(poller.run)
             nursery.start_soon(_keep_usage, rt, store)
+            rt.on_size_change = functools.partial(_keep_size, rt, store)
             http_done = trio.Event()
 
             async def run_http() -> None:
@@ -226,6 +230,16 @@ def _remove_leftovers(data_dir: Path) -> None:
 USAGE_FLUSH_S = 5.0  # how often the usage samples of invocations go to SQLite
 
 
+def _keep_size(rt: Runtime, store: Store, name: str, change: sizing.SizeChange) -> None:
+    """A size auto_size applied: into the registry at once (the function's configuration
+    and the change), as a PATCH would be."""
+    from fastfaas.runtime.store import StoredFunction
+
+    info = rt.describe(name)
+    store.put_function(StoredFunction(name, LATEST, rt.config(name), info["code_sha256"]))
+    store.add_size_change(name, change)
+
+
 async def _keep_usage(rt: Runtime, store: Store) -> None:
     """Usage samples into the registry, in batches, off the request path (a thread)."""
     rt.take_usage()  # from now on
@@ -247,6 +261,8 @@ def _restore(rt: Runtime, store: Store) -> int:
                 rt.restore_version(fn.name, fn.version, fn.config, fn.code_sha256)
             rt.load_usage(fn.name, fn.version,
                           store.usage(fn.name, fn.version, sizing.UsageSample))
+            if fn.version == LATEST:
+                rt.load_size_changes(fn.name, store.size_changes(fn.name, sizing.SizeChange))
         except FastfaasError as exc:
             print(f"fastfaas: could not restore function {fn.name!r}: {exc}", file=sys.stderr)
     return count

@@ -350,6 +350,7 @@ class LambdaApi:
             await self.runtime.delete(name)
             for version in [LATEST, *versions]:
                 self.native.store.delete_function(name, version)
+            self.native.store.delete_usage(name)
             for alias in self.native.store.aliases(name):
                 self.native.store.delete_alias(name, alias.name)
             self.modified.pop(name, None)

@@ -108,6 +108,11 @@ class Metrics:
         family("fastfaas_http_errors_total", "counter", "Platform error responses by status.")
         for status, n in sorted(self.http_errors.items()):
             out.append(f'fastfaas_http_errors_total{{status="{status}"}} {n}')
+        family("fastfaas_sizing_events_total", "counter",
+               "Sizing: sizes auto_size applied, same-request escalations, tuning runs.")
+        for key in ("size_changes", "escalations", "tune_runs"):
+            out.append(f'fastfaas_sizing_events_total{{event="{key}"}} '
+                       f'{stats.get("counters", {}).get(key, 0)}')
         if sizes:
             family("fastfaas_recommended_memory_mb", "gauge",
                    "The memory size observed usage recommends, by function"

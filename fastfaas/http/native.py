@@ -9,6 +9,7 @@ Routes:
     POST   /v1/functions/{name}/warm        claim a zygote now (import the code)
     GET    /v1/functions/{name}/logs        recent invocations with their output
     GET    /v1/functions/{name}/sizing      a memory size from observed usage, and why
+    POST   /v1/functions/{name}/tune        trial runs at several sizes: duration, cost, best
     POST   /v1/functions/{name}/invoke      run it; `X-Fastfaas-Invocation-Type: Event` queues
     GET    /v1/invocations/{id}             an asynchronous invocation's status and result
     GET    /healthz, GET /metrics
@@ -42,6 +43,7 @@ from fastfaas.http.metrics import Metrics
 from fastfaas.http.protocol import Request
 from fastfaas.http.server import JSON, Response, error_response
 from fastfaas.runtime import code as code_bundles
+from fastfaas.runtime import sizing
 from fastfaas.runtime.results import InvocationResult
 from fastfaas.runtime.runtime import LATEST, Runtime
 from fastfaas.runtime.store import Store, StoredFunction
@@ -137,7 +139,7 @@ class NativeApi:
                     return await self._invoke(req, parts[3], t0)
                 routes: dict[str, dict[bytes, Handler]] = {
                     "logs": {b"GET": self._logs}, "warm": {b"POST": self._warm},
-                    "sizing": {b"GET": self._sizing}}
+                    "sizing": {b"GET": self._sizing}, "tune": {b"POST": self._tune}}
                 return await self._dispatch(req, routes.get(parts[4]), parts[3])
             if len(parts) == 4 and parts[1] == "v1" and parts[2] == "functions":
                 return await self._dispatch(req, {
@@ -354,6 +356,18 @@ class NativeApi:
         return Response(200, _encode({"name": name, "version": version,
                                       **msgspec.to_builtins(rec)}))
 
+    async def _tune(self, req: Request, name: str) -> Response:
+        check_name(name)
+        try:
+            asked = msgspec.json.decode(req.body or b"{}", type=TuneRequest)
+        except ValueError as exc:  # DecodeError and ValidationError
+            raise InvalidRequestError(f"the tune request: {exc}") from None
+        report = await self.runtime.tune(name, payload=msgspec.json.encode(asked.event),
+                                         sizes=asked.sizes, runs=asked.runs,
+                                         version=asked.version)
+        return Response(200, _encode({"name": name, "version": asked.version,
+                                      **msgspec.to_builtins(report)}))
+
     async def _logs(self, req: Request, name: str) -> Response:
         check_name(name)
         query = dict(parse_qsl(req.query.decode("latin-1")))
@@ -430,6 +444,15 @@ def _query_fields(query: bytes) -> dict[str, Any]:
         else:
             fields[key] = None if value in ("", "null") else value
     return fields
+
+
+class TuneRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /v1/functions/{name}/tune."""
+
+    event: Any = None
+    sizes: list[int] = msgspec.field(default_factory=lambda: list(sizing.TUNE_SIZES))
+    runs: int = sizing.TUNE_RUNS
+    version: str = LATEST
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:

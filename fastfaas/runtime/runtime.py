@@ -79,6 +79,7 @@ SPARES_MAX = 16  # policy.SpareSizer's default cap
 INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measured
 ZYGOTE_ESTIMATE = 32 * 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+SIZE_CHANGES_KEPT = 20  # auto_size changes shown per function
 FDS_PER_INSTANCE = 7  # in the server: socket, pidfd, 4 cgroup files, and a margin
 FDS_RESERVED = 2048  # connections, zygotes, the template, SQLite, pip...
 _json_encode = msgspec.json.encode
@@ -116,6 +117,7 @@ class FunctionVersion:
         self.slot_released = False
         self.init_log = b""
         self.usage = sizing.history()  # per invocation: peak memory, CPU, duration, outcome
+        self.auto_count = 0  # invocations at its size since auto_size last looked
         self.isolation = "none"  # set by the Runtime: the level in force
         self.cgrouped = False
         self.sandbox: wire.Sandbox | None = None  # strict: its zygote's namespaces
@@ -168,6 +170,11 @@ class Runtime:
             even where they lie under a directory strict hides (/tmp, /run...).
         allow_weaker_isolation: let a function ask for a level below the
             default (by default the default is also the floor).
+        auto_size_after: a function with `auto_size` gets a new size after
+            this many invocations at its current size (if its usage says so).
+
+    `on_size_change(name, change)`, when set, is called (in the trio thread)
+    each time auto_size applies a size: the server keeps the new size.
     """
 
     def __init__(
@@ -194,7 +201,10 @@ class Runtime:
         sandbox_gid: int = SANDBOX_ID,
         sandbox_expose: Sequence[str | os.PathLike[str]] = (),
         allow_weaker_isolation: bool = False,
+        auto_size_after: int = sizing.AUTO_AFTER,
     ) -> None:
+        if auto_size_after < sizing.MIN_SAMPLES:
+            raise ValueError(f"auto_size_after must be >= {sizing.MIN_SAMPLES}")
         if warm_pool_size < 0 or spares < 0 or cgroup_pool_size < 0:
             raise ValueError("warm_pool_size, spares and cgroup_pool_size must be >= 0")
         if isolation is None:
@@ -242,6 +252,9 @@ class Runtime:
         # Usage samples not yet taken for the registry: kept once take_usage() is
         # first called (the server's), bounded; an embedding that never asks keeps none.
         self._new_usage: collections.deque[tuple[str, str, sizing.UsageSample]] | None = None
+        self.auto_size_after = auto_size_after
+        self._size_changes: dict[str, collections.deque[sizing.SizeChange]] = {}
+        self.on_size_change: Callable[[str, sizing.SizeChange], None] | None = None
         self._log_entries = log_entries
         self.template = Template(python, cwd="/")
         self._template_up = trio.Event()
@@ -527,17 +540,23 @@ class Runtime:
         self._check_reservation(name, cfg)
         self._isolation_of(cfg)
         self.limits.set_reservation(name, cfg.reserved_concurrency)
+        self._reconfigure(fv, cfg)
+        return self.describe(name)
+
+    def _reconfigure(self, fv: FunctionVersion, cfg: FunctionConfig) -> None:
+        """$LATEST with a new configuration: a change to what the zygote holds starts a
+        new generation (same code, usage and traffic); calls in flight finish on the old."""
         if any(getattr(cfg, f) != getattr(fv.config, f) for f in ZYGOTE_FIELDS):
-            new = self._new_version(name, cfg, fv.code_dir, fv.code_sha256)
+            new = self._new_version(fv.name, cfg, fv.code_dir, fv.code_sha256)
             new.freq = fv.freq
-            self._functions[name] = new
+            new.usage = fv.usage  # the same code: its history holds (samples keep their size)
+            self._functions[fv.name] = new
             self._retire_version(fv)
             self._start_prewarm(new)
         else:
             fv.config = cfg
             self._start_prewarm(fv)
         self._reap_lot.unpark_all()
-        return self.describe(name)
 
     async def delete(self, name: str) -> None:
         """Remove a function and its published versions; their in-flight calls
@@ -548,6 +567,7 @@ class Runtime:
         for key in [k for k in self._functions if k.startswith(name + ":")]:
             self._retire_version(self._functions.pop(key))
         self._logs.pop(name, None)
+        self._size_changes.pop(name, None)
         self.limits.forget(name)
         self._retire_version(fv)
 
@@ -606,6 +626,51 @@ class Runtime:
         """A memory size for the function from its observed usage, with reason and evidence."""
         fv = self._lookup(name, version)
         return sizing.recommend(fv.usage, fv.config.memory_mb)
+
+    def _auto_size(self, fv: FunctionVersion) -> None:
+        """auto_size: after enough calls at its size, $LATEST gets the size its usage asks
+        for, as a configuration change does (a new zygote; calls in flight finish)."""
+        fv.auto_count = 0
+        cfg = fv.config
+        if (fv.version != LATEST or fv.retired or self._functions.get(fv.name) is not fv
+                or not fv.cgrouped):
+            return  # without cgroups there is no peak to size from
+        decided = sizing.auto_size(fv.usage, cfg.memory_mb, cfg.min_memory_mb,
+                                   cfg.max_memory_mb)
+        if decided is None:
+            return
+        size, reason = decided
+        samples = sum(1 for u in fv.usage if u.memory_mb == cfg.memory_mb)
+        change = sizing.SizeChange(time.time(), fv.version, cfg.memory_mb, size, reason,
+                                   samples)
+        self._reconfigure(fv, cfg.replace(memory_mb=size))
+        self._note_size_change(fv.name, change)
+        self.counters["size_changes"] += 1
+        print(f"fastfaas: auto_size: {fv.name} {change.from_mb} MB -> {size} MB ({reason};"
+              f" {samples} invocations)", file=sys.stderr, flush=True)
+        if self.on_size_change is not None:
+            try:
+                self.on_size_change(fv.name, change)
+            except Exception as exc:  # the size is in force; only its keeping failed
+                print(f"fastfaas: auto_size: could not keep {fv.name}'s new size: {exc}",
+                      file=sys.stderr)
+
+    def _note_size_change(self, name: str, change: sizing.SizeChange) -> None:
+        kept = self._size_changes.get(name)
+        if kept is None:
+            kept = self._size_changes[name] = collections.deque(maxlen=SIZE_CHANGES_KEPT)
+        kept.append(change)
+
+    def size_changes(self, name: str) -> list[sizing.SizeChange]:
+        """The sizes auto_size applied to the function, oldest first (the last few)."""
+        self._lookup(name, LATEST)
+        return list(self._size_changes.get(name, ()))
+
+    def load_size_changes(self, name: str, changes: list[sizing.SizeChange]) -> None:
+        """Changes recorded before a restart."""
+        self._lookup(name, LATEST)
+        for change in changes:
+            self._note_size_change(name, change)
 
     def usage(self, name: str, version: str = LATEST) -> list[sizing.UsageSample]:
         return list(self._lookup(name, version).usage)
@@ -705,6 +770,10 @@ class Runtime:
                             "max": fv.config.max_concurrency},
             # Earlier generations still finishing calls in flight (then they exit).
             "draining": [self._fv_state(old) for old in self._draining if old.name == name],
+            # auto_size: the sizes it applied, and when (GET .../sizing says what it would now).
+            "size_changes": [msgspec.to_builtins(c)
+                             for c in self._size_changes.get(name, ())] if version == LATEST
+                            else [],
         }
 
     def _lookup(self, name: str, version: str) -> FunctionVersion:
@@ -801,6 +870,8 @@ class Runtime:
                     self.counters["retries"] += 1
                     continue
                 self._log(fv, result)
+                if fv.config.auto_size and fv.auto_count >= self.auto_size_after:
+                    self._auto_size(fv)
                 return result
         finally:
             self.limits.release(name)
@@ -809,10 +880,14 @@ class Runtime:
     def _log(self, fv: FunctionVersion, result: InvocationResult) -> None:
         name = fv.name
         error = result.error
+        size = result.escalated_mb or fv.config.memory_mb
         sample = sizing.UsageSample(time.time(), result.usage.max_memory_bytes,
                                     result.usage.cpu_us, result.duration_us,
-                                    "success" if error is None else error.kind, result.start)
+                                    "success" if error is None else error.kind, result.start,
+                                    size)
         fv.usage.append(sample)
+        if size == fv.config.memory_mb:
+            fv.auto_count += 1
         if self._new_usage is not None:
             self._new_usage.append((name, fv.version, sample))
         if name not in self._functions:
@@ -893,30 +968,90 @@ class Runtime:
 
     async def _invoke_escalated(self, fv: FunctionVersion, raw: bytes, request_id: str,
                                 memory_mb: int) -> InvocationResult:
-        """The invocation once more, at `memory_mb`, in an instance forked for it (and
-        retired after: its cgroup is not the function's size)."""
+        """The invocation once more, at `memory_mb`, in an instance forked for it."""
+        self.counters["escalations"] += 1
+        [result] = await self._run_at_size(fv, raw, [request_id], memory_mb)
+        return msgspec.structs.replace(result, escalated_mb=memory_mb)
+
+    async def _run_at_size(self, fv: FunctionVersion, raw: bytes, request_ids: list[str],
+                           memory_mb: int) -> list[InvocationResult]:
+        """The event once per request id, one after another, in an instance forked at
+        `memory_mb` for them (another if one dies) and retired after: its cgroup is
+        not the function's size, so it serves nothing else."""
         fv.in_flight += 1
         self._running += 1
+        results: list[InvocationResult] = []
+        inst: InstanceHandle | None = None
         try:
-            started = await self._start_instance(fv, raw, request_id, memory_mb)
-            self._cg_hint = fv.config.memory_mb  # the pool keeps the function's size
-            if isinstance(started, InvocationResult):
-                return started  # its InitError
-            _, inst, invocation = started
-            self.table.set_state(inst.table_id, _native.STATE_BUSY)
-            self.counters["escalations"] += 1
-            result = await self._run(fv, inst, "forked", request_id, invocation,
-                                     inst.cpu_base, True)
-            if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE:
-                # No await since it went idle: no other call has it. Its cgroup is not
-                # the function's size: it serves nothing else.
-                self._retire(inst)
-            return msgspec.structs.replace(result, escalated_mb=memory_mb)
+            for request_id in request_ids:
+                # No await since it went idle: no other call has taken it.
+                if inst is not None and not inst.dead and (
+                        self.table.state(inst.table_id) == _native.STATE_IDLE):
+                    self.table.set_state(inst.table_id, _native.STATE_BUSY)
+                    invocation = self._invocation(fv, raw, request_id)
+                    cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup else 0
+                    start, sent = "warm", False
+                else:
+                    started = await self._start_instance(fv, raw, request_id, memory_mb)
+                    self._cg_hint = fv.config.memory_mb  # the pool keeps the function's size
+                    if isinstance(started, InvocationResult):
+                        results.append(started)  # its InitError
+                        continue
+                    _, inst, invocation = started
+                    self.table.set_state(inst.table_id, _native.STATE_BUSY)
+                    cpu_base, start, sent = inst.cpu_base, "forked", True
+                try:
+                    results.append(await self._run(fv, inst, start, request_id, invocation,
+                                                   cpu_base, sent))
+                except _Retry:  # it died before it had the event: the next one gets it
+                    results.append(_error_result(
+                        FunctionError(errors.CRASHED, "Runtime.ExitError",
+                                      "the instance exited before it took the event"),
+                        start, request_id))
         finally:
+            if (inst is not None and not inst.dead
+                    and self.table.state(inst.table_id) == _native.STATE_IDLE):
+                self._retire(inst)
             fv.in_flight -= 1
             self._running -= 1
             if fv.retired:
                 self._maybe_finish_draining(fv)
+        return results
+
+    async def tune(self, name: str, event: Any = None, *, payload: bytes | None = None,
+                   sizes: Sequence[int] = sizing.TUNE_SIZES, runs: int = sizing.TUNE_RUNS,
+                   version: str = LATEST) -> sizing.TuneReport:
+        """Power-Tuning-style trials: the event `runs` times at each memory size, in an
+        instance forked at that size from the function's zygote (the first run forks
+        it, the others are warm), one size after another. The function's own
+        instances, size and usage record are untouched; its side effects happen
+        `runs` x len(sizes) times.
+
+        Raises:
+            InvalidRequestError: a size outside 128-10240 MB, runs < 5, no sizes, or a
+                function without cgroups (sizes would not hold).
+        """
+        self._check_open()
+        fv = self._lookup(name, version)
+        sizes = sorted(set(sizes))
+        if not sizes or any(not sizing.MIN_MB <= mb <= sizing.MAX_MB for mb in sizes):
+            raise InvalidRequestError(f"tune: sizes must be between {sizing.MIN_MB} and"
+                                      f" {sizing.MAX_MB} MB (got {sizes or 'none'})")
+        if not sizing.TUNE_RUNS <= runs <= 1000:
+            raise InvalidRequestError(f"tune: runs {runs} must be between"
+                                      f" {sizing.TUNE_RUNS} and 1000")
+        if not fv.cgrouped:
+            raise InvalidRequestError(f"tune: function {name!r} runs without cgroups"
+                                      f" (isolation {fv.isolation}): its size is not enforced")
+        raw = _event_bytes(event, payload)
+        trials: dict[int, list[tuple[int, str | None]]] = {}
+        for mb in sizes:
+            ids = [self._request_ids.next() for _ in range(runs)]
+            got = await self._run_at_size(fv, raw, ids, mb)
+            trials[mb] = [(r.duration_us, None if r.error is None else r.error.kind)
+                          for r in got]
+            self.counters["tune_runs"] += len(got)
+        return sizing.tune_report(trials)
 
     async def _affinity(self, fv: FunctionVersion, key: str,
                         wait: bool) -> tuple[InstanceHandle | None, str]:

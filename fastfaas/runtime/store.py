@@ -10,6 +10,7 @@ losing power), and takes tens of microseconds.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +38,12 @@ CREATE TABLE IF NOT EXISTS usage (
     sample BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_by_function ON usage (function, version, time);
+CREATE TABLE IF NOT EXISTS size_changes (
+    function TEXT NOT NULL,
+    time REAL NOT NULL,
+    change TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS size_changes_by_function ON size_changes (function, time);
 CREATE TABLE IF NOT EXISTS aliases (
     function TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -98,6 +105,8 @@ class Registry(Protocol):
     def add_usage(self, rows: list[tuple[str, str, Any]], keep: int = 2000) -> None: ...
     def usage(self, function: str, version: str, type_: Any) -> list[Any]: ...
     def delete_usage(self, function: str, version: str | None = None) -> None: ...
+    def add_size_change(self, function: str, change: Any, keep: int = 20) -> None: ...
+    def size_changes(self, function: str, type_: Any) -> list[Any]: ...
     def delete_alias(self, function: str, name: str) -> None: ...
     def aliases(self, function: str | None = None) -> list[StoredAlias]: ...
 
@@ -121,6 +130,9 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # One transaction at a time on the connection: usage is flushed from a worker
+        # thread while the trio thread writes (a second BEGIN would fail).
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -137,7 +149,7 @@ class Store:
         self._db.close()
 
     def _transaction(self) -> Any:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._lock)
 
     # --- Registry --------------------------------------------------------------
 
@@ -184,12 +196,30 @@ class Store:
         return [msgspec.msgpack.decode(blob, type=type_) for (blob,) in rows]
 
     def delete_usage(self, function: str, version: str | None = None) -> None:
+        """The usage samples of a function version; of the whole function (its size
+        changes too) without `version`."""
         with self._transaction():
             if version is None:
                 self._db.execute("DELETE FROM usage WHERE function = ?", (function,))
+                self._db.execute("DELETE FROM size_changes WHERE function = ?", (function,))
             else:
                 self._db.execute("DELETE FROM usage WHERE function = ? AND version = ?",
                                  (function, version))
+
+    def add_size_change(self, function: str, change: Any, keep: int = 20) -> None:
+        """A size auto_size applied (a msgspec struct with `time`); the last `keep` stay."""
+        with self._transaction():
+            self._db.execute("INSERT INTO size_changes (function, time, change) VALUES (?, ?, ?)",
+                             (function, change.time, msgspec.json.encode(change).decode()))
+            self._db.execute(
+                "DELETE FROM size_changes WHERE function = ? AND time <"
+                " (SELECT time FROM size_changes WHERE function = ? ORDER BY time DESC"
+                " LIMIT 1 OFFSET ?)", (function, function, keep - 1))
+
+    def size_changes(self, function: str, type_: Any) -> list[Any]:
+        rows = self._db.execute(
+            "SELECT change FROM size_changes WHERE function = ? ORDER BY time", (function,))
+        return [msgspec.json.decode(text, type=type_) for (text,) in rows]
 
     def put_alias(self, alias: StoredAlias) -> None:
         with self._transaction():
@@ -276,11 +306,20 @@ class Store:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (autocommit connection)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
         self._db = db
+        self._lock = lock
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._lock.release()

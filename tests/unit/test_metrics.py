@@ -128,7 +128,7 @@ def statistics(functions: dict[str, dict[str, Any]] | None = None,
         "zygotes": 3,
         "functions": functions or {},
         "draining": draining or [],
-        "counters": {"cold_starts": 5},
+        "counters": {"cold_starts": 5, "escalations": 2},
     }
 
 
@@ -149,8 +149,11 @@ def test_empty_render_is_valid_and_has_every_family() -> None:
         "fastfaas_warming_pool_target": "gauge",
         "fastfaas_memory_bytes": "gauge",
         "fastfaas_capacity_events_total": "counter",
+        "fastfaas_sizing_events_total": "counter",
     }
     assert value(families, "fastfaas_async_queued") == 0
+    assert value(families, "fastfaas_sizing_events_total", event="size_changes") == 0
+    assert value(families, "fastfaas_sizing_events_total", event="escalations") == 2
     assert value(families, "fastfaas_capacity_events_total", event="evicted_instances") == 0
     for state in ("function", "generic", "draining"):
         assert value(families, "fastfaas_zygotes", state=state) == 0
