@@ -247,7 +247,9 @@ def _serve(args: argparse.Namespace) -> None:
         limits=Limits(header_timeout_s=args.header_timeout_s,
                       keepalive_timeout_s=args.keepalive_timeout_s))
     try:
-        trio.run(serve, opts)
+        from fastfaas.http.stalls import from_environment
+
+        trio.run(serve, opts, instruments=from_environment())
     except ConfigurationError as exc:
         print(f"fastfaas: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -455,6 +457,8 @@ def format_tune(name: str, report: dict[str, Any]) -> str:
         tags = ",".join(k for k, mb in best.items() if mb == s["memory_mb"]) or ""
         lines.append(f"{s['memory_mb']:>6}MB {s['duration_ms']:>10.3f}ms"
                      f" {s['cost_mb_s']:>12.4f}  {errs:6}  {tags}")
+    if report.get("stopped"):
+        lines.append(f"stopped: {report['stopped']}")
     if not best:
         lines.append("no size ran without errors: no best size")
     else:

@@ -97,6 +97,10 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
             value = getattr(self, name)
             if value is not None and not 128 <= value <= 10240:
                 raise bad(f"{name} {value} must be between 128 and 10240")
+        if (self.min_memory_mb is not None and self.max_memory_mb is not None
+                and self.min_memory_mb > self.max_memory_mb):
+            raise bad(f"min_memory_mb {self.min_memory_mb} is above max_memory_mb"
+                      f" {self.max_memory_mb}")
 
 
 def check_name(name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import ipaddress
 import shutil
 import signal
@@ -141,6 +142,11 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
             if stopping.is_set():
                 nursery.cancel_scope.cancel()
                 return
+            # What start-up made (modules, restored functions) lives as long as the
+            # server: out of the cyclic collector's way, so that a full collection walks
+            # only what requests made (it holds up every request while it runs).
+            gc.collect()
+            gc.freeze()
             poller = Poller(store, rt, concurrency=opts.async_concurrency)
             api = NativeApi(rt, store, poller.wake, token=opts.token,
                             aws_credentials=dict(opts.aws_credentials),

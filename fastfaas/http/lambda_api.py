@@ -375,9 +375,9 @@ class LambdaApi:
         name, _ = self._lookup(raw)
         body = _json_body(req)
         zip_data = _zip_file(body)
-        cfg = self.runtime.config(name)
-        fields = {k: getattr(cfg, k) for k in cfg.__struct_fields__ if k != "handler"}
         async with self.native._write_lock:
+            cfg = self.runtime.config(name)  # under the lock: the latest (auto_size's too)
+            fields = {k: getattr(cfg, k) for k in cfg.__struct_fields__ if k != "handler"}
             version = await self._deploy(name, zip_data, cfg.handler, fields, body)
         return Response(200, _encode(self.configuration(name, version)),
                         [(b"content-type", JSON)])

@@ -410,7 +410,7 @@ class NativeApi:
 
     async def _metrics(self, req: Request, _: str) -> Response:
         rt = self.runtime
-        sizes = {name: rt.sizing_for(name) for name in rt.functions()}
+        sizes = await rt.sizing_all()
         body = self.metrics.render(rt.statistics(), self.store.queued_count(), sizes)
         return Response(200, body, [(b"content-type", b"text/plain; version=0.0.4")])
 
@@ -449,7 +449,7 @@ def _query_fields(query: bytes) -> dict[str, Any]:
 class TuneRequest(msgspec.Struct, forbid_unknown_fields=True):
     """POST /v1/functions/{name}/tune."""
 
-    event: Any = None
+    event: Any = msgspec.field(default_factory=dict)  # as an empty invoke body: {}
     sizes: list[int] = msgspec.field(default_factory=lambda: list(sizing.TUNE_SIZES))
     runs: int = sizing.TUNE_RUNS
     version: str = LATEST

@@ -173,6 +173,10 @@ class CgroupSet:
     pids_fd: int = -1
     oom_fd: int = -1
     oom_version: int = 1
+    # CPU time the quota held it back (v1: the cpu controller's cpu.stat; v2: cpu_fd's
+    # own file), as the counter stood at its last invocation's end (ns).
+    throttle_fd: int = -1
+    throttled_base: int = 0
     memory_mb: int | None = None  # the size it was last given
     usage_path: str | None = None  # its memory usage file, once looked up
     oom_seen: int = 0
@@ -184,7 +188,8 @@ class CgroupSet:
         return None
 
     def all_fds(self) -> list[int]:
-        fds = [*self.join_fds, self.peak_fd, self.cpu_fd, self.pids_fd, self.oom_fd]
+        fds = [*self.join_fds, self.peak_fd, self.cpu_fd, self.pids_fd, self.oom_fd,
+               self.throttle_fd]
         return [fd for fd in fds if fd >= 0]
 
 
@@ -349,6 +354,8 @@ class Cgroups:
                     flags = os.O_RDWR if h.version == 1 else os.O_RDONLY
                     cg.cpu_fd = _open(d / CPU_FILE[h.version], flags)
                     cg.cpu_version = h.version
+                if "cpu" in h.controllers:
+                    cg.throttle_fd = _open(d / "cpu.stat", os.O_RDONLY)
                 if "pids" in h.controllers:
                     cg.pids_fd = _open(d / "pids.current", os.O_RDONLY)
         except CgroupError:
@@ -416,7 +423,7 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 os.close(fd)
         cg.join_fds.clear()
-        cg.peak_fd = cg.cpu_fd = cg.pids_fd = cg.oom_fd = -1
+        cg.peak_fd = cg.cpu_fd = cg.pids_fd = cg.oom_fd = cg.throttle_fd = -1
         for d in cg.dirs.values():
             remove_tree(d)
         cg.dirs.clear()
@@ -434,8 +441,9 @@ class Cgroups:
             return 0
         return _native.read_keyed_i64(cg.cpu_fd, b"usage_usec") * 1000
 
-    def end(self, cg: CgroupSet, cpu_base: int) -> tuple[int, int, int]:
-        """(peak memory bytes, CPU ns since begin, tasks in the cgroup)."""
+    def end(self, cg: CgroupSet, cpu_base: int) -> tuple[int, int, int, int]:
+        """(peak memory bytes, CPU ns since begin, tasks in the cgroup, ns the CPU quota
+        held it back since the last end or `mark_throttled`)."""
         peak = _native.read_i64(cg.peak_fd) if cg.peak_fd >= 0 else 0
         if cg.cpu_fd < 0:
             cpu = 0
@@ -444,7 +452,24 @@ class Cgroups:
         else:
             cpu = _native.read_keyed_i64(cg.cpu_fd, b"usage_usec") * 1000 - cpu_base
         pids = _native.read_i64(cg.pids_fd) if cg.pids_fd >= 0 else 1
-        return peak, cpu, pids
+        now = self.throttled(cg)
+        held, cg.throttled_base = max(0, now - cg.throttled_base), now
+        return peak, cpu, pids, held
+
+    def throttled(self, cg: CgroupSet) -> int:
+        """The cgroup's throttled time so far (ns); 0 where the kernel does not say."""
+        if cg.throttle_fd < 0:
+            return 0
+        try:
+            if cg.cpu_version == 1:
+                return _native.read_keyed_i64(cg.throttle_fd, b"throttled_time")
+            return _native.read_keyed_i64(cg.throttle_fd, b"throttled_usec") * 1000
+        except OSError:
+            return 0
+
+    def mark_throttled(self, cg: CgroupSet) -> None:
+        """A new instance in this cgroup: its throttling counts from now."""
+        cg.throttled_base = self.throttled(cg)
 
     def memory_usage(self, cg: CgroupSet) -> int:
         """The memory cgroup's usage now (bytes), 0 if it has none or is gone.

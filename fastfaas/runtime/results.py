@@ -12,6 +12,7 @@ START_KINDS = ("warm", "prewarmed", "forked", "claimed", "cold")
 class Usage(msgspec.Struct, frozen=True):
     max_memory_bytes: int
     cpu_us: int
+    throttled_us: int = 0  # time the CPU quota held the call back
 
 
 class FunctionError(msgspec.Struct, frozen=True):

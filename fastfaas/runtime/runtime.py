@@ -118,6 +118,7 @@ class FunctionVersion:
         self.init_log = b""
         self.usage = sizing.history()  # per invocation: peak memory, CPU, duration, outcome
         self.auto_count = 0  # invocations at its size since auto_size last looked
+        self.recommended: tuple[Any, sizing.Recommendation] | None = None  # (key, cached)
         self.isolation = "none"  # set by the Runtime: the level in force
         self.cgrouped = False
         self.sandbox: wire.Sandbox | None = None  # strict: its zygote's namespaces
@@ -549,7 +550,8 @@ class Runtime:
         if any(getattr(cfg, f) != getattr(fv.config, f) for f in ZYGOTE_FIELDS):
             new = self._new_version(fv.name, cfg, fv.code_dir, fv.code_sha256)
             new.freq = fv.freq
-            new.usage = fv.usage  # the same code: its history holds (samples keep their size)
+            if cfg.handler == fv.config.handler and cfg.env == fv.config.env:
+                new.usage = fv.usage  # the same code: its history holds (samples keep size)
             self._functions[fv.name] = new
             self._retire_version(fv)
             self._start_prewarm(new)
@@ -624,8 +626,26 @@ class Runtime:
 
     def sizing_for(self, name: str, version: str = LATEST) -> sizing.Recommendation:
         """A memory size for the function from its observed usage, with reason and evidence."""
-        fv = self._lookup(name, version)
-        return sizing.recommend(fv.usage, fv.config.memory_mb)
+        return self._recommendation(self._lookup(name, version))
+
+    async def sizing_all(self) -> dict[str, sizing.Recommendation]:
+        """Every function's recommendation ($LATEST), one function per step of the event
+        loop (each takes up to a millisecond; a scrape must not hold up the calls)."""
+        out = {}
+        for name in self.functions():
+            fv = self._functions.get(name)
+            if fv is not None:
+                out[name] = self._recommendation(fv)
+                await trio.lowlevel.checkpoint()
+        return out
+
+    def _recommendation(self, fv: FunctionVersion) -> sizing.Recommendation:
+        """Cached until a new sample or another size."""
+        usage = fv.usage
+        key = (len(usage), usage[-1].time if usage else 0.0, fv.config.memory_mb)
+        if fv.recommended is None or fv.recommended[0] != key:
+            fv.recommended = (key, sizing.recommend(usage, fv.config.memory_mb))
+        return fv.recommended[1]
 
     def _auto_size(self, fv: FunctionVersion) -> None:
         """auto_size: after enough calls at its size, $LATEST gets the size its usage asks
@@ -636,7 +656,7 @@ class Runtime:
                 or not fv.cgrouped):
             return  # without cgroups there is no peak to size from
         decided = sizing.auto_size(fv.usage, cfg.memory_mb, cfg.min_memory_mb,
-                                   cfg.max_memory_mb)
+                                   cfg.max_memory_mb, self._recommendation(fv))
         if decided is None:
             return
         size, reason = decided
@@ -863,7 +883,8 @@ class Runtime:
                     size = self._escalation_size(fv, result)
                     if size:
                         self._log(fv, result)  # the OutOfMemory feeds the sizing too
-                        result = await self._invoke_escalated(fv, raw, request_id, size)
+                        result = await self._invoke_escalated(fv, raw, request_id, size,
+                                                              result)
                 except _Retry:
                     # The event reached no handler (its instance or zygote was already
                     # dead): another instance gets it.
@@ -884,7 +905,7 @@ class Runtime:
         sample = sizing.UsageSample(time.time(), result.usage.max_memory_bytes,
                                     result.usage.cpu_us, result.duration_us,
                                     "success" if error is None else error.kind, result.start,
-                                    size)
+                                    size, result.usage.throttled_us)
         fv.usage.append(sample)
         if size == fv.config.memory_mb:
             fv.auto_count += 1
@@ -961,37 +982,46 @@ class Runtime:
         after an OutOfMemory; 0 when there is none to try."""
         cfg = fv.config
         if (result.error is None or result.error.kind != errors.OUT_OF_MEMORY
-                or not cfg.escalate_on_oom or not fv.cgrouped):
-            return 0
+                or not cfg.escalate_on_oom or not fv.cgrouped or fv.retired):
+            return 0  # (retired: replaced meanwhile; its zygote may be gone)
         size = min(cfg.memory_mb * 2, cfg.max_memory_mb or 10240)
         return size if size > cfg.memory_mb else 0
 
     async def _invoke_escalated(self, fv: FunctionVersion, raw: bytes, request_id: str,
-                                memory_mb: int) -> InvocationResult:
-        """The invocation once more, at `memory_mb`, in an instance forked for it."""
+                                memory_mb: int, failed: InvocationResult) -> InvocationResult:
+        """The invocation once more, at `memory_mb`, in an instance forked for it; the
+        `failed` result stands if it cannot run there."""
+        got = await self._run_at_size(fv, raw, [request_id], memory_mb)
+        if not got:
+            return failed
+        result = got[0]
+        if not result.instance_id:
+            return result  # it never ran there (an InitError, or no instance took it)
         self.counters["escalations"] += 1
-        [result] = await self._run_at_size(fv, raw, [request_id], memory_mb)
         return msgspec.structs.replace(result, escalated_mb=memory_mb)
 
     async def _run_at_size(self, fv: FunctionVersion, raw: bytes, request_ids: list[str],
                            memory_mb: int) -> list[InvocationResult]:
         """The event once per request id, one after another, in an instance forked at
         `memory_mb` for them (another if one dies) and retired after: its cgroup is
-        not the function's size, so it serves nothing else."""
+        not the function's size, so it serves nothing else (`one_off`). Fewer results
+        than ids when the version is replaced or deleted meanwhile."""
         fv.in_flight += 1
         self._running += 1
         results: list[InvocationResult] = []
         inst: InstanceHandle | None = None
+        running = False  # a call of ours is in `inst`: if we are cancelled, the
+        #                  abandoned call's task retires it when it ends
         try:
             for request_id in request_ids:
-                # No await since it went idle: no other call has taken it.
-                if inst is not None and not inst.dead and (
-                        self.table.state(inst.table_id) == _native.STATE_IDLE):
-                    self.table.set_state(inst.table_id, _native.STATE_BUSY)
+                if inst is not None and not inst.dead:  # BUSY since its last call: ours
                     invocation = self._invocation(fv, raw, request_id)
                     cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup else 0
                     start, sent = "warm", False
                 else:
+                    if fv.retired:
+                        break  # replaced or deleted meanwhile: what ran is the answer
+                    self._admit_start(fv, claim=fv.zygote is None or fv.zygote.dead)
                     started = await self._start_instance(fv, raw, request_id, memory_mb)
                     self._cg_hint = fv.config.memory_mb  # the pool keeps the function's size
                     if isinstance(started, InvocationResult):
@@ -1000,6 +1030,7 @@ class Runtime:
                     _, inst, invocation = started
                     self.table.set_state(inst.table_id, _native.STATE_BUSY)
                     cpu_base, start, sent = inst.cpu_base, "forked", True
+                running = True
                 try:
                     results.append(await self._run(fv, inst, start, request_id, invocation,
                                                    cpu_base, sent))
@@ -1008,9 +1039,14 @@ class Runtime:
                         FunctionError(errors.CRASHED, "Runtime.ExitError",
                                       "the instance exited before it took the event"),
                         start, request_id))
+                except trio.Cancelled:
+                    raise  # (running: the abandoned call's task has the instance now)
+                except BaseException:
+                    running = False
+                    raise
+                running = False
         finally:
-            if (inst is not None and not inst.dead
-                    and self.table.state(inst.table_id) == _native.STATE_IDLE):
+            if inst is not None and not running:
                 self._retire(inst)
             fv.in_flight -= 1
             self._running -= 1
@@ -1037,21 +1073,43 @@ class Runtime:
         if not sizes or any(not sizing.MIN_MB <= mb <= sizing.MAX_MB for mb in sizes):
             raise InvalidRequestError(f"tune: sizes must be between {sizing.MIN_MB} and"
                                       f" {sizing.MAX_MB} MB (got {sizes or 'none'})")
-        if not sizing.TUNE_RUNS <= runs <= 1000:
+        if len(sizes) > sizing.TUNE_MAX_SIZES:
+            raise InvalidRequestError(f"tune: at most {sizing.TUNE_MAX_SIZES} sizes"
+                                      f" (got {len(sizes)})")
+        if not sizing.TUNE_RUNS <= runs <= sizing.TUNE_MAX_RUNS:
             raise InvalidRequestError(f"tune: runs {runs} must be between"
-                                      f" {sizing.TUNE_RUNS} and 1000")
+                                      f" {sizing.TUNE_RUNS} and {sizing.TUNE_MAX_RUNS}")
         if not fv.cgrouped:
             raise InvalidRequestError(f"tune: function {name!r} runs without cgroups"
                                       f" (isolation {fv.isolation}): its size is not enforced")
         raw = _event_bytes(event, payload)
+        refused = self.limits.try_acquire(name, fv.config.max_concurrency)  # one execution
+        if refused is not None:
+            raise TooManyRequestsError(refused)
         trials: dict[int, list[tuple[int, str | None]]] = {}
-        for mb in sizes:
-            ids = [self._request_ids.next() for _ in range(runs)]
-            got = await self._run_at_size(fv, raw, ids, mb)
-            trials[mb] = [(r.duration_us, None if r.error is None else r.error.kind)
-                          for r in got]
-            self.counters["tune_runs"] += len(got)
-        return sizing.tune_report(trials)
+        stopped = ""
+        fv.in_flight += 1  # its zygote stays while the tune runs, even if it is replaced
+        try:
+            for mb in sizes:
+                if fv.retired:
+                    stopped = (f"function {name!r} was changed or deleted during the tune:"
+                               f" {len(trials)} of {len(sizes)} sizes ran")
+                    break
+                ids = [self._request_ids.next() for _ in range(runs)]
+                got = await self._run_at_size(fv, raw, ids, mb)
+                self.counters["tune_runs"] += len(got)
+                if len(got) < runs:  # cut short: a partial size would mislead
+                    stopped = (f"function {name!r} was changed or deleted during the tune:"
+                               f" {len(trials)} of {len(sizes)} sizes ran")
+                    break
+                trials[mb] = [(r.duration_us, None if r.error is None else r.error.kind)
+                              for r in got]
+        finally:
+            fv.in_flight -= 1
+            self.limits.release(name)
+            if fv.retired:
+                self._maybe_finish_draining(fv)
+        return msgspec.structs.replace(sizing.tune_report(trials), stopped=stopped)
 
     async def _affinity(self, fv: FunctionVersion, key: str,
                         wait: bool) -> tuple[InstanceHandle | None, str]:
@@ -1447,13 +1505,17 @@ class Runtime:
                      memory_mb: int | None = None) -> InstanceHandle | None:
         """Fork one instance (state SPAWNING), handing it `first` (an encoded
         Invoke) to run at once; None if the zygote is gone. `memory_mb`: a cgroup
-        of another size than the function's (an escalated call)."""
+        of that size for a one-off instance (escalation, tuning), which serves only
+        the calls of the one that asked for it."""
         # may raise: before anything is held
         size = memory_mb or fv.config.memory_mb
+        if fv.slot_released:  # a retired version, drained: nothing may join its slot
+            raise ZygoteError(f"function {fv.name}: this version was replaced or deleted")
         cg = self._take_cgroup(size) if fv.cgrouped else None
         tid = self.table.add(fv.slot)
         spawn_id = next(self._spawn_ids)
-        inst = InstanceHandle(tid, f"{self._rid}-{next(self._instance_names)}", fv, z, cg)
+        inst = InstanceHandle(tid, f"{self._rid}-{next(self._instance_names)}", fv, z, cg,
+                              one_off=memory_mb is not None)
         fv.instances[tid] = inst
         z.instances[spawn_id] = inst
         server_end, child_end = wire.new_seqpacket_pair()
@@ -1462,6 +1524,7 @@ class Runtime:
         try:
             if cg is not None:
                 cg.oom_seen = self.cgroups.oom_kills(cg)
+                self.cgroups.mark_throttled(cg)
                 inst.cpu_base = self.cgroups.begin(cg)
             sent = await z.spawn(spawn_id, child_end.fileno(), cg.join_fds if cg else [], first)
         finally:
@@ -1558,14 +1621,16 @@ class Runtime:
             return died
         cg = inst.cgroup
         if cg is not None:
-            peak, cpu_ns, tasks = self.cgroups.end(cg, cpu_base)
+            peak, cpu_ns, tasks, held_ns = self.cgroups.end(cg, cpu_base)
             if tasks > 1:
                 with trio.CancelScope(shield=True):
                     await self._kill_leftovers(inst)
         else:
-            peak, cpu_ns = result.max_rss_kb * 1024, result.cpu_ns
+            peak, cpu_ns, held_ns = result.max_rss_kb * 1024, result.cpu_ns, 0
         if fv.retired or inst.dead:
             self._retire(inst)
+        elif inst.one_off:
+            pass  # stays BUSY: the call that forked it runs its next call or retires it
         elif inst.waiters:
             self._hand_back(inst)
         else:
@@ -1581,7 +1646,8 @@ class Runtime:
         else:
             payload = result.payload
         return InvocationResult(payload, error, start, inst.instance_id, request_id,
-                                result.duration_ns // 1000, Usage(peak, cpu_ns // 1000),
+                                result.duration_ns // 1000,
+                                Usage(peak, cpu_ns // 1000, held_ns // 1000),
                                 result.log_tail[-wire.LOG_TAIL:])
 
     @trio.lowlevel.enable_ki_protection
@@ -1598,6 +1664,8 @@ class Runtime:
             self.counters["abandoned"] += 1
             with contextlib.suppress(_Retry):  # it never reached a handler: nothing to do
                 await self._finish(inst.fv, inst, "abandoned", request_id, got, cpu_base)
+            if inst.one_off:  # its caller is gone: nobody else may have it
+                self._retire(inst)
 
     @trio.lowlevel.enable_ki_protection
     async def _watch_deadlines(self) -> None:

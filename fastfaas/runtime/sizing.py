@@ -10,8 +10,9 @@ evidence:
 - larger when OutOfMemory outcomes pass a rate;
 - and at least the size whose CPU quota (proportional to memory, one vCPU at
   1769 MB) lets a call run within SLOWER_AT_MOST of its time at a full vCPU:
-  larger when the quota holds it back more (CPU-bound: how much faster it
-  would be is estimated from the quota), never smaller than that;
+  larger when the cgroup's throttling counter shows the quota holding calls
+  back by more than that (CPU-bound: how much faster it would be is
+  estimated from the quota), never smaller than that;
 - nothing (the current size) without enough samples.
 
 The quota model (`quota_ms`) takes a call's CPU time as one burst that a share
@@ -45,7 +46,9 @@ SLOWER_AT_MOST: Final = 0.1  # a smaller size may slow calls (CPU quota) by this
 PHASES: Final = 16
 
 
-class UsageSample(msgspec.Struct, frozen=True, array_like=True):
+class UsageSample(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    # gc=False: scalars only, no cycles; a server holds hundreds of thousands of these,
+    # which the cyclic collector would otherwise walk at every full collection.
     time: float
     peak_bytes: int
     cpu_us: int
@@ -53,6 +56,7 @@ class UsageSample(msgspec.Struct, frozen=True, array_like=True):
     outcome: str  # "success" or a function error kind
     start: str
     memory_mb: int = 0  # the size it ran at (0: recorded before sizes were kept)
+    throttled_us: int = 0  # the time the CPU quota held it back (its cgroup's cpu.stat)
 
 
 class Recommendation(msgspec.Struct, frozen=True):
@@ -110,8 +114,12 @@ def recommend(samples: Iterable[UsageSample], current_mb: int) -> Recommendation
                               f"{n} invocation(s) seen; {MIN_SAMPLES} are needed",
                               {"samples": float(n)})
     peaks = [s.peak_bytes / 2**20 for s in got if s.peak_bytes > 0]
-    ooms = sum(1 for s in got if s.outcome == errors.OUT_OF_MEMORY)
-    timeouts = sum(1 for s in got if s.outcome == errors.TIMEOUT)
+    # Failure rates hold for the size they were seen at only (an OutOfMemory at 128 MB
+    # says nothing about 256 MB; its peak, kept above, does).
+    here = [s for s in got if s.memory_mb in (0, current_mb)]
+    at_size = len(here)
+    ooms = sum(1 for s in here if s.outcome == errors.OUT_OF_MEMORY)
+    timeouts = sum(1 for s in here if s.outcome == errors.TIMEOUT)
     # CPU evidence holds for the size it was measured at only.
     ran = [s for s in got if s.duration_us > 0 and s.outcome != errors.OUT_OF_MEMORY
            and s.memory_mb in (0, current_mb)]
@@ -122,14 +130,15 @@ def recommend(samples: Iterable[UsageSample], current_mb: int) -> Recommendation
         "peak_p50_mb": round(_percentile(peaks, 50), 1) if peaks else 0.0,
         "peak_p99_mb": round(_percentile(peaks, PERCENTILE), 1) if peaks else 0.0,
         "peak_max_mb": round(max(peaks), 1) if peaks else 0.0,
-        "oom_rate": round(ooms / n, 4),
-        "timeout_rate": round(timeouts / n, 4),
+        "samples_at_size": float(at_size),
+        "oom_rate": round(ooms / at_size, 4) if at_size else 0.0,
+        "timeout_rate": round(timeouts / at_size, 4) if at_size else 0.0,
         "cpu_busy_p50": round(_percentile(busy, 50), 3) if busy else 0.0,
     }
-    if ooms / n > FAILURE_RATE:
+    if evidence["oom_rate"] > FAILURE_RATE:
         size = _round_up(max(current_mb * 2, evidence["peak_max_mb"] * HEADROOM))
         return Recommendation(size, current_mb, "larger",
-                              f"{ooms} of {n} invocations ran out of memory at"
+                              f"{ooms} of {at_size} invocations ran out of memory at"
                               f" {current_mb} MB", evidence)
     by_memory = _round_up(evidence["peak_p99_mb"] * HEADROOM)
     # The CPU quota: a call's CPU comes as a burst, which a share of a vCPU stretches
@@ -139,22 +148,28 @@ def recommend(samples: Iterable[UsageSample], current_mb: int) -> Recommendation
     # holds the call back more (CPU-bound), smaller when it would not.
     cpu_ms = _percentile([s.cpu_us / 1000 for s in ran], 50) if ran else 0.0
     duration_ms = _percentile([s.duration_us / 1000 for s in ran], 50) if ran else 0.0
-    waiting = max(0.0, duration_ms - quota_ms(cpu_ms, share))
+    held_ms = _percentile([s.throttled_us / 1000 for s in ran], 50) if ran else 0.0
+    # The cgroup says how long the quota held a call back; the model, how long it
+    # would at another size (it takes the CPU as one burst: spread thin, the CPU
+    # meets the quota less, so the floor errs on the safe side).
+    waiting = max(0.0, duration_ms - cpu_ms - held_ms)
     target_ms = (waiting + cpu_ms) * (1 + SLOWER_AT_MOST)
     size = by_memory
     while size < MAX_MB and waiting + quota_ms(cpu_ms, cpu_share(size)) > target_ms:
         size += STEP_MB
     evidence["cpu_ms_p50"] = round(cpu_ms, 3)
     evidence["duration_ms_p50"] = round(duration_ms, 3)
+    evidence["throttled_ms_p50"] = round(held_ms, 3)
     evidence["full_vcpu_ms"] = round(waiting + cpu_ms, 3)
     evidence["cpu_floor_mb"] = float(size)
-    if ran and duration_ms > target_ms and size > current_mb:
+    # CPU-bound: the quota measurably held the calls back, by more than the margin.
+    if ran and held_ms > SLOWER_AT_MOST * (waiting + cpu_ms) and size > current_mb:
         faster = round(duration_ms / (waiting + quota_ms(cpu_ms, cpu_share(size))), 2)
-        why = (f"CPU-bound: its {cpu_ms:.0f} ms of CPU per call take {duration_ms:.0f} ms"
-               f" at {current_mb} MB ({share:.2f} vCPU); at {size} MB"
+        why = (f"CPU-bound: the CPU quota held its calls back {held_ms:.0f} ms of"
+               f" {duration_ms:.0f} ms at {current_mb} MB ({share:.2f} vCPU); at {size} MB"
                f" ({cpu_share(size):.2f} vCPU) about {duration_ms / faster:.0f} ms")
-        if timeouts / n > FAILURE_RATE:
-            why += f"; {timeouts} of {n} invocations timed out"
+        if evidence["timeout_rate"] > FAILURE_RATE:
+            why += f"; {timeouts} of {at_size} invocations timed out"
         return Recommendation(size, current_mb, "larger", why, evidence, faster)
     if by_memory > current_mb:
         return Recommendation(by_memory, current_mb, "larger",
@@ -194,14 +209,16 @@ class SizeChange(msgspec.Struct, frozen=True):
 
 
 def auto_size(samples: Iterable[UsageSample], current_mb: int, min_mb: int | None,
-              max_mb: int | None) -> tuple[int, str] | None:
+              max_mb: int | None, rec: Recommendation | None = None) -> tuple[int, str] | None:
     """The size to apply now and why, or None to keep the current one.
 
     The recommendation, bounded by `min_mb`/`max_mb` and never below the observed
     p99 peak with headroom (unless `max_mb` says so); a smaller size only when it
-    saves at least SHRINK_AT_LEAST (each change starts a new zygote).
+    saves at least SHRINK_AT_LEAST (each change starts a new zygote). `rec`: the
+    recommendation for these samples, if already made.
     """
-    rec = recommend(samples, current_mb)
+    if rec is None:
+        rec = recommend(samples, current_mb)
     if rec.change not in ("larger", "smaller") or 1.0 < rec.faster_by < 1 + SLOWER_AT_MOST:
         return None  # (more memory for a little speed: not worth a new zygote)
     floor = _round_up(rec.evidence["peak_p99_mb"] * HEADROOM)
@@ -210,6 +227,8 @@ def auto_size(samples: Iterable[UsageSample], current_mb: int, min_mb: int | Non
     if target == current_mb or (
             target < current_mb and current_mb - target < SHRINK_AT_LEAST * current_mb):
         return None
+    if (target > current_mb) != (rec.memory_mb > current_mb):
+        return None  # the bounds turn it around (max_memory_mb under the current size)
     reason = rec.reason
     if target != rec.memory_mb:
         reason += (f" (bounded: {target} MB by max_memory_mb)" if target == hi
@@ -221,6 +240,8 @@ def auto_size(samples: Iterable[UsageSample], current_mb: int, min_mb: int | Non
 
 TUNE_SIZES: Final = (128, 256, 512, 1024, 1769, 3008)  # Power Tuning's usual list
 TUNE_RUNS: Final = 5
+TUNE_MAX_RUNS: Final = 1000
+TUNE_MAX_SIZES: Final = 32
 TRIM: Final = 0.2  # the fastest and slowest 20% of each size's runs are dropped
 STRATEGIES: Final = ("cost", "speed", "balanced")
 TIE: Final = 0.01  # costs or durations within 1% of the best are equal
@@ -239,6 +260,7 @@ class TuneReport(msgspec.Struct, frozen=True):
     sizes: list[TuneSize]
     best: dict[str, int]  # strategy -> memory_mb (missing: no size ran without errors)
     trim: float = TRIM
+    stopped: str = ""  # why it ended before every size ran (the rest are missing)
 
 
 def _trimmed_mean(values: list[float]) -> float:

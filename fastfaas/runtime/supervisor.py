@@ -138,6 +138,9 @@ class InstanceHandle:
     idle_since: float = 0.0  # when it last went idle (for eviction, least recently used)
     spare: bool = False  # idle as a spare (never served), not warm
     memory: int = 0  # bytes, as last measured
+    # Forked at another size than its function's (escalation, tuning): it serves only
+    # the calls it was forked for, never goes idle, and is retired after them.
+    one_off: bool = False
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -77,6 +77,9 @@ async def test_recommendations_converge_to_the_measured_size(
         # 150 ms of CPU at 256 MB (14 ms per 100 ms period) take about a second.
         assert burn.change == "larger" and "CPU-bound" in burn.reason, burn
         assert 1024 < burn.memory_mb <= 1792 and burn.faster_by > 4, burn
+        # The cgroup's own counter: most of each call was spent held back by the quota.
+        assert burn.evidence["throttled_ms_p50"] > 0.5 * burn.evidence["duration_ms_p50"]
+        assert rt.usage("alloc")[-1].throttled_us < 50_000  # allocating barely meets it
         assert len(rt.usage("alloc")) == 6
 
 
@@ -154,18 +157,19 @@ SIZED = """
 import os, time
 def handler(event, context):
     block = bytearray(event.get("mb", 10) * 1024 * 1024)
-    if event.get("fifo"):
-        with open(event["started"], "w") as f:
-            f.write("in")
-        with open(event["fifo"]) as f:
-            f.read()
-    else:
-        time.sleep(event.get("sleep", 0.3))
     with open("/proc/self/cgroup") as f:
         path = next(line.split(":")[2].strip() for line in f
                     if line.split(":")[1] == "memory")
     with open(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes") as f:
-        return {"limit_mb": int(f.read()) // 2**20, "size": len(block)}
+        limit_mb = int(f.read()) // 2**20
+    if event.get("fifo") and event.get("hold_at_mb", limit_mb) == limit_mb:
+        with open(event["started"], "w") as f:
+            f.write("in")
+        with open(event["fifo"]) as f:
+            f.read()
+    elif not event.get("fifo"):
+        time.sleep(event.get("sleep", 0.3))
+    return {"limit_mb": limit_mb, "size": len(block)}
 """
 
 
@@ -294,3 +298,61 @@ def test_auto_size_and_tune_over_http_and_a_kill(start_server: Any, tmp_path: Pa
         assert kept["config"]["memory_mb"] == size and len(kept["size_changes"]) == 1, kept
         r = client.post("/v1/functions/auto/invoke", json={})
         assert r.json()["limit_mb"] == size, r.text
+
+
+async def test_a_cancelled_tune_leaves_no_instance_of_its_size_behind(
+        tmp_path: Path, make_function: Any, cgroups_mode: str) -> None:
+    fifo, started = tmp_path / "hold", tmp_path / "started"
+    os.mkfifo(fifo)
+    os.mkfifo(started)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                spares=0) as rt:
+        await rt.deploy("fn", source=make_function(app=SIZED), handler="app.handler",
+                        memory_mb=512, timeout_s=60)
+        with trio.CancelScope() as scope:
+            async def cancel_once_in() -> None:
+                await trio.to_thread.run_sync(started.read_text)
+                scope.cancel()  # the caller goes away while the trial run is in its handler
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_once_in)
+                await rt.tune("fn", {"fifo": str(fifo), "started": str(started)},
+                              sizes=[128], runs=5)
+        assert scope.cancelled_caught
+        await trio.to_thread.run_sync(fifo.write_text, "go")  # the abandoned run ends
+        while rt.describe("fn")["state"]["instances"]["busy"]:
+            await rt.wait_changed()
+        # It was retired, not kept: the function's calls run at the function's size.
+        for _ in range(3):
+            result = await rt.invoke("fn", {"sleep": 0})
+            assert result.ok and result.value()["limit_mb"] == 512, result.payload
+        assert rt.usage("fn")[-1].memory_mb == 512
+
+
+async def test_a_tune_across_a_configuration_change_stops_with_what_it_has(
+        tmp_path: Path, make_function: Any, cgroups_mode: str) -> None:
+    fifo, started = tmp_path / "hold", tmp_path / "started"
+    os.mkfifo(fifo)
+    os.mkfifo(started)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode) as rt:
+        await rt.deploy("fn", source=make_function(app=SIZED), handler="app.handler",
+                        memory_mb=512, timeout_s=60)
+        reports: list[Any] = []
+
+        async def tune() -> None:
+            # The runs at 384 MB hold on the FIFO (the first of them is the last to run).
+            reports.append(await rt.tune("fn", {"fifo": str(fifo), "started": str(started),
+                                                "hold_at_mb": 384},
+                                         sizes=[256, 384, 640], runs=5))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tune)
+            await trio.to_thread.run_sync(started.read_text)
+            await rt.update_config("fn", memory_mb=768)  # while the second size runs
+            await trio.to_thread.run_sync(fifo.write_text, "go")
+        [report] = reports
+        assert [s.memory_mb for s in report.sizes] == [256] and not report.sizes[0].errors
+        assert report.sizes[0].runs == 5
+        assert "changed or deleted during the tune: 1 of 3 sizes ran" in report.stopped
+        result = await rt.invoke("fn", {"sleep": 0})
+        assert result.ok and result.value()["limit_mb"] == 768, result.payload

@@ -64,7 +64,7 @@ def test_v2_instance_cgroup_is_sized_joined_and_read_through_its_files(tmp_path:
     def mkdir_with_files(self: Path, *a: object, **k: object) -> None:
         real_mkdir(self, *a, **k)  # type: ignore[arg-type]
         for name, text in {"cgroup.procs": "", "memory.peak": "4096\n",
-                           "cpu.stat": "usage_usec 250\nuser_usec 200\n",
+                           "cpu.stat": "usage_usec 250\nuser_usec 200\nthrottled_usec 40\n",
                            "memory.events": "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
                            "pids.current": "2\n", "cgroup.controllers": ""}.items():
             (self / name).write_text(text)
@@ -87,8 +87,10 @@ def test_v2_instance_cgroup_is_sized_joined_and_read_through_its_files(tmp_path:
     assert base == 250_000
     assert (d / "memory.peak").read_text().startswith("reset")
     (d / "memory.peak").write_text("8192\n")
-    (d / "cpu.stat").write_text("usage_usec 1250\n")
-    assert groups.end(inst, base) == (8192, 1_000_000, 2)
+    groups.mark_throttled(inst)  # a new instance: throttling counts from here
+    (d / "cpu.stat").write_text("usage_usec 1250\nthrottled_usec 540\n")
+    assert groups.end(inst, base) == (8192, 1_000_000, 2, 500_000)
+    assert groups.end(inst, base)[3] == 0  # nothing more since
     assert groups.oom_kills(inst) == 1
     os.pwrite(inst.join_fds[0], b"0", 0)
     assert (d / "cgroup.procs").read_text() == "0"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from fastfaas.config import FunctionConfig
+from fastfaas.errors import InvalidRequestError
 from fastfaas.runtime import sizing
 from fastfaas.runtime.sizing import UsageSample
 
@@ -11,10 +15,11 @@ MB = 2**20
 
 
 def runs(n: int, peak_mb: float, cpu_ms: float = 0.1, duration_ms: float = 10,
-         outcome: str = "success", seed: int = 7) -> list[UsageSample]:
+         outcome: str = "success", seed: int = 7, held_ms: float = 0) -> list[UsageSample]:
     rng = random.Random(seed)
     return [UsageSample(float(i), int(peak_mb * MB * rng.uniform(0.9, 1.0)),
-                        int(cpu_ms * 1000), int(duration_ms * 1000), outcome, "warm")
+                        int(cpu_ms * 1000), int(duration_ms * 1000), outcome, "warm",
+                        0, int(held_ms * 1000))
             for i in range(n)]
 
 
@@ -48,19 +53,23 @@ def test_a_cpu_bound_function_is_told_how_much_faster_a_larger_size_is() -> None
     share = 128 / sizing.VCPU_MB
     took = sizing.quota_ms(100, share)
     assert 1200 < took < 1400
-    rec = sizing.recommend(runs(20, 40, cpu_ms=100, duration_ms=took), 128)
+    rec = sizing.recommend(runs(20, 40, cpu_ms=100, duration_ms=took, held_ms=took - 100), 128)
     # The smallest size (64 MB steps) within 10% of a full vCPU's 100 ms.
     assert rec.change == "larger" and 1024 < rec.memory_mb < 1769, rec
     assert sizing.quota_ms(100, rec.memory_mb / sizing.VCPU_MB) <= 110
     assert sizing.quota_ms(100, (rec.memory_mb - 64) / sizing.VCPU_MB) > 110
     assert "CPU-bound" in rec.reason and rec.faster_by > 11
+    # The same CPU and duration, but the cgroup saw no throttling: its CPU was spread
+    # over the call (the quota never met it), so a larger size would not be faster.
+    spread = sizing.recommend(runs(20, 40, cpu_ms=100, duration_ms=took), 128)
+    assert spread.change == "keep" and spread.faster_by == 1.0, spread
     idle = sizing.recommend(runs(20, 40, cpu_ms=1, duration_ms=100), 128)
     assert idle.memory_mb == 128 and idle.faster_by == 1.0
 
 
 def at(samples: list[UsageSample], memory_mb: int) -> list[UsageSample]:
     return [UsageSample(s.time, s.peak_bytes, s.cpu_us, s.duration_us, s.outcome, s.start,
-                        memory_mb) for s in samples]
+                        memory_mb, s.throttled_us) for s in samples]
 
 
 def test_quota_ms_models_a_burst_under_the_cfs_quota() -> None:
@@ -94,8 +103,8 @@ def test_a_smaller_size_may_not_slow_the_calls_by_more_than_a_tenth() -> None:
         100, (full.memory_mb - 64) / sizing.VCPU_MB)
     assert sizing.auto_size(runs(50, 60, cpu_ms=100, duration_ms=100), 1792, None,
                             None) == (full.memory_mb, full.reason)
-    there = runs(50, 60, cpu_ms=100,
-                 duration_ms=sizing.quota_ms(100, full.memory_mb / sizing.VCPU_MB))
+    took = sizing.quota_ms(100, full.memory_mb / sizing.VCPU_MB)
+    there = runs(50, 60, cpu_ms=100, duration_ms=took, held_ms=took - 100)
     assert sizing.recommend(there, full.memory_mb).change == "keep"
     assert sizing.auto_size(there, full.memory_mb, None, None) is None
     # Short bursts (CPU time far above what the share would allow) do not meet the quota.
@@ -105,7 +114,8 @@ def test_a_smaller_size_may_not_slow_the_calls_by_more_than_a_tenth() -> None:
 
 def test_cpu_evidence_comes_from_the_current_size_only() -> None:
     # CPU-bound at 128 MB; since moved to 1792 MB where no sample ran yet: no CPU claim.
-    old = at(runs(50, 40, cpu_ms=100, duration_ms=sizing.quota_ms(100, 128 / 1769)), 128)
+    took = sizing.quota_ms(100, 128 / 1769)
+    old = at(runs(50, 40, cpu_ms=100, duration_ms=took, held_ms=took - 100), 128)
     rec = sizing.recommend(old, 1792)
     assert rec.evidence["cpu_busy_p50"] == 0.0 and "CPU-bound" not in rec.reason
     # Peaks hold at any size: 40 MB -> the minimum, 128 MB.
@@ -175,3 +185,25 @@ def test_a_size_with_errors_is_never_the_best() -> None:
     assert report.best == {"cost": 512, "speed": 512, "balanced": 512}
     assert report.sizes[0].errors == {"OutOfMemory": 5}
     assert sizing.tune_report({128: [(1, "Crashed")] * 5}).best == {}
+
+
+def test_out_of_memory_at_a_smaller_size_does_not_ratchet_the_size_up() -> None:
+    # Round 1 at 128 MB: 5% of calls ran out of memory -> twice the size.
+    first = at(runs(45, 100), 128) + at(runs(5, 128, outcome="OutOfMemory", seed=8), 128)
+    assert sizing.auto_size(first, 128, None, None)[0] == 256  # type: ignore[index]
+    # Round 2 at 256 MB, all well: the OutOfMemory at 128 MB is no reason to go on up.
+    second = first + at(runs(50, 100, seed=9), 256)
+    rec = sizing.recommend(second, 256)
+    assert rec.change != "larger" and rec.evidence["oom_rate"] == 0.0, rec
+    assert rec.evidence["samples_at_size"] == 50
+    decided = sizing.auto_size(second, 256, None, None)
+    assert decided is None or decided[0] <= 256
+    # Their peaks (at the limit) still count: not back under what ran out.
+    assert rec.memory_mb >= 128 * 1.3
+
+
+def test_bounds_that_turn_a_larger_size_around_change_nothing() -> None:
+    oom = runs(95, 100) + runs(5, 128, outcome="OutOfMemory", seed=8)
+    assert sizing.auto_size(oom, 512, None, 256) is None  # max under the current size
+    with pytest.raises(InvalidRequestError, match="above max_memory_mb"):
+        FunctionConfig.create(handler="app.handler", min_memory_mb=512, max_memory_mb=256)
