@@ -173,10 +173,12 @@ class CgroupSet:
     pids_fd: int = -1
     oom_fd: int = -1
     oom_version: int = 1
-    # CPU time the quota held it back (v1: the cpu controller's cpu.stat; v2: cpu_fd's
-    # own file), as the counter stood at its last invocation's end (ns).
-    throttle_fd: int = -1
+    # The time the CPU quota held it back (its cpu.stat), as the counter stood when
+    # last read (ns); read by path, and only after a call that used more CPU than one
+    # period's quota (`quota_ns`; none could be held back otherwise): no descriptor.
+    throttle_path: str | None = None
     throttled_base: int = 0
+    quota_ns: int = 0
     memory_mb: int | None = None  # the size it was last given
     usage_path: str | None = None  # its memory usage file, once looked up
     oom_seen: int = 0
@@ -188,8 +190,7 @@ class CgroupSet:
         return None
 
     def all_fds(self) -> list[int]:
-        fds = [*self.join_fds, self.peak_fd, self.cpu_fd, self.pids_fd, self.oom_fd,
-               self.throttle_fd]
+        fds = [*self.join_fds, self.peak_fd, self.cpu_fd, self.pids_fd, self.oom_fd]
         return [fd for fd in fds if fd >= 0]
 
 
@@ -355,7 +356,7 @@ class Cgroups:
                     cg.cpu_fd = _open(d / CPU_FILE[h.version], flags)
                     cg.cpu_version = h.version
                 if "cpu" in h.controllers:
-                    cg.throttle_fd = _open(d / "cpu.stat", os.O_RDONLY)
+                    cg.throttle_path = str(d / "cpu.stat")
                 if "pids" in h.controllers:
                     cg.pids_fd = _open(d / "pids.current", os.O_RDONLY)
         except CgroupError:
@@ -398,6 +399,7 @@ class Cgroups:
         quota = _native.cpu_quota_us(memory_mb, CFS_PERIOD_US, self.ncpus)
         self._size(cg, memory_mb * MiB, quota, INSTANCE_PIDS_MAX)
         cg.memory_mb = memory_mb
+        cg.quota_ns = quota * 1000 if quota > 0 else 0
 
     def _size(self, cg: CgroupSet, memory: int | None, quota: int | None,
               pids: int | None) -> None:
@@ -423,7 +425,7 @@ class Cgroups:
             with contextlib.suppress(OSError):
                 os.close(fd)
         cg.join_fds.clear()
-        cg.peak_fd = cg.cpu_fd = cg.pids_fd = cg.oom_fd = cg.throttle_fd = -1
+        cg.peak_fd = cg.cpu_fd = cg.pids_fd = cg.oom_fd = -1
         for d in cg.dirs.values():
             remove_tree(d)
         cg.dirs.clear()
@@ -452,23 +454,31 @@ class Cgroups:
         else:
             cpu = _native.read_keyed_i64(cg.cpu_fd, b"usage_usec") * 1000 - cpu_base
         pids = _native.read_i64(cg.pids_fd) if cg.pids_fd >= 0 else 1
-        now = self.throttled(cg)
-        held, cg.throttled_base = max(0, now - cg.throttled_base), now
+        held = 0
+        if cg.quota_ns and cpu >= cg.quota_ns:
+            now = self.throttled(cg)
+            held, cg.throttled_base = max(0, now - cg.throttled_base), now
         return peak, cpu, pids, held
 
     def throttled(self, cg: CgroupSet) -> int:
         """The cgroup's throttled time so far (ns); 0 where the kernel does not say."""
-        if cg.throttle_fd < 0:
+        if cg.throttle_path is None:
             return 0
         try:
-            if cg.cpu_version == 1:
-                return _native.read_keyed_i64(cg.throttle_fd, b"throttled_time")
-            return _native.read_keyed_i64(cg.throttle_fd, b"throttled_usec") * 1000
+            with open(cg.throttle_path, "rb") as f:
+                text = f.read()
         except OSError:
             return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(b" ")
+            if key == b"throttled_time":  # v1, ns
+                return int(value)
+            if key == b"throttled_usec":  # v2
+                return int(value) * 1000
+        return 0
 
     def mark_throttled(self, cg: CgroupSet) -> None:
-        """A new instance in this cgroup: its throttling counts from now."""
+        """Its throttling counts from now (a cgroup back in the pool for a new instance)."""
         cg.throttled_base = self.throttled(cg)
 
     def memory_usage(self, cg: CgroupSet) -> int:

@@ -80,6 +80,7 @@ INSTANCE_ESTIMATE = 16 * 1024 * 1024  # an instance's size before one was measur
 ZYGOTE_ESTIMATE = 32 * 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SIZE_CHANGES_KEPT = 20  # auto_size changes shown per function
+CGROUP_POOL_RETRY_S = 1.0  # after the pool could not make a cgroup
 FDS_PER_INSTANCE = 7  # in the server: socket, pidfd, 4 cgroup files, and a margin
 FDS_RESERVED = 2048  # connections, zygotes, the template, SQLite, pip...
 _json_encode = msgspec.json.encode
@@ -1524,7 +1525,6 @@ class Runtime:
         try:
             if cg is not None:
                 cg.oom_seen = self.cgroups.oom_kills(cg)
-                self.cgroups.mark_throttled(cg)
                 inst.cpu_base = self.cgroups.begin(cg)
             sent = await z.spawn(spawn_id, child_end.fileno(), cg.join_fds if cg else [], first)
         finally:
@@ -1798,6 +1798,7 @@ class Runtime:
                 reusable = reusable and inst.fv.isolation != "strict"
                 if reusable and len(self._cg_free) < self.cgroup_pool_size * 2:
                     self.cgroups.ensure_join_fds(cg)
+                    self.cgroups.mark_throttled(cg)  # the next instance's count starts here
                     self._cg_free.append(cg)
                 else:
                     await trio.to_thread.run_sync(self.cgroups.destroy, cg)
@@ -2005,7 +2006,16 @@ class Runtime:
                     len(self._cg_free) >= self.cgroup_pool_size * 2):
                 await self._cg_lot.park()
                 continue
-            cg = await trio.to_thread.run_sync(self._new_sized_cgroup, hint)
+            try:
+                cg = await trio.to_thread.run_sync(self._new_sized_cgroup, hint)
+            except (CgroupError, OSError) as exc:
+                # Out of descriptors, or the hierarchy refuses (a full pids or memory
+                # limit above us): the request path makes its own; try again later.
+                self.counters["cgroup_pool_errors"] += 1
+                if self.counters["cgroup_pool_errors"] == 1:
+                    print(f"fastfaas: the cgroup pool cannot grow: {exc}", file=sys.stderr)
+                await trio.sleep(CGROUP_POOL_RETRY_S)
+                continue
             self._cg_free.insert(0, cg)  # taken last: reclaimed ones are warmer
 
     def _new_sized_cgroup(self, memory_mb: int) -> CgroupSet:

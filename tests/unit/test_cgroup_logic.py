@@ -89,7 +89,11 @@ def test_v2_instance_cgroup_is_sized_joined_and_read_through_its_files(tmp_path:
     (d / "memory.peak").write_text("8192\n")
     groups.mark_throttled(inst)  # a new instance: throttling counts from here
     (d / "cpu.stat").write_text("usage_usec 1250\nthrottled_usec 540\n")
-    assert groups.end(inst, base) == (8192, 1_000_000, 2, 500_000)
+    # 1 ms of CPU: under one period's quota (100 ms at 1769 MB), nothing was held back
+    # and the counter is not read.
+    assert groups.end(inst, base) == (8192, 1_000_000, 2, 0)
+    (d / "cpu.stat").write_text("usage_usec 150250\nthrottled_usec 540\n")
+    assert groups.end(inst, base) == (8192, 150_000_000, 2, 500_000)
     assert groups.end(inst, base)[3] == 0  # nothing more since
     assert groups.oom_kills(inst) == 1
     os.pwrite(inst.join_fds[0], b"0", 0)
