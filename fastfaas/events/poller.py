@@ -8,6 +8,8 @@ start (a kill) and run again: at least once, normally exactly once.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
 import time
 import traceback
@@ -22,6 +24,7 @@ from fastfaas.runtime.runtime import Runtime
 from fastfaas.runtime.store import EventQueue, QueuedEvent
 
 THROTTLE_BACKOFF_S = 0.5  # an event over a concurrency limit waits this long, then again
+STORE_BACKOFF_S = 1.0  # after the queue's database refused to be read
 
 
 class Poller:
@@ -44,6 +47,8 @@ class Poller:
         self.running = 0
         self.completed = 0
         self.throttled = 0
+        self.store_errors = 0  # the queue's database refused a read or write
+        self._said = False
         self._wakeup = trio.Event()
         self._stopping = False
         self._idle = trio.Event()
@@ -64,13 +69,25 @@ class Poller:
             while not self._stopping:
                 self._wakeup = trio.Event()
                 free = self.concurrency - self.running
-                events = self.queue.take(free) if free > 0 else []
+                try:
+                    events = self.queue.take(free) if free > 0 else []
+                except sqlite3.Error as exc:  # a full disk, a lock held too long...
+                    self._say("cannot take queued events", exc)
+                    await trio.sleep(STORE_BACKOFF_S)
+                    continue
                 for event in events:
                     self.running += 1
                     self._idle = trio.Event()
                     nursery.start_soon(self._run_one, event)
                 # Woken by a new event, or by a finished one freeing a place.
                 await self._wakeup.wait()
+
+    def _say(self, what: str, exc: BaseException) -> None:
+        self.store_errors += 1
+        if not self._said:
+            self._said = True
+            print(f"fastfaas: {what}: {exc} (said once; retrying)", file=sys.stderr,
+                  flush=True)
 
     def stop_taking(self) -> None:
         """Take no more events (a graceful stop); those running finish."""
@@ -103,19 +120,39 @@ class Poller:
             else:
                 err = None
                 if result.error is not None:
-                    body = msgspec.json.decode(result.payload)
-                    body["kind"] = result.error.kind
-                    err = msgspec.json.encode(body).decode()
+                    err = _error_text(result)
                 self.queue.finish(event.id, result.error is None, result.payload, err,
                                   result.start)
                 if self.on_result is not None:
                     self.on_result(event.function, result, time.perf_counter() - t0)
             done = True
             self.completed += 1
+        except sqlite3.Error as exc:
+            # Its outcome could not be written: it stays `running`, and runs again at
+            # the next start (at least once).
+            self._say("cannot record an asynchronous invocation's outcome", exc)
+            done = True
         finally:
             if not done:  # cancelled by a stop: it runs again at the next start
-                self.queue.requeue(event.id)
+                with contextlib.suppress(sqlite3.Error):
+                    self.queue.requeue(event.id)
             self.running -= 1
             if self.running == 0:
                 self._idle.set()
             self._wakeup.set()
+
+
+def _error_text(result: InvocationResult) -> str:
+    """The error body kept for GET /v1/invocations/{id}: the function's own
+    {errorType, errorMessage, ...} with its kind; whatever else its instance sent
+    (not an object, not JSON) gives way to the error's own fields."""
+    assert result.error is not None
+    try:
+        body = msgspec.json.decode(result.payload)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"errorType": result.error.error_type,
+                "errorMessage": result.error.error_message}
+    body["kind"] = result.error.kind
+    return msgspec.json.encode(body).decode()

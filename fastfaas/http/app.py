@@ -9,6 +9,7 @@ import gc
 import ipaddress
 import shutil
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -253,7 +254,10 @@ async def _keep_usage(rt: Runtime, store: Store) -> None:
         await trio.sleep(USAGE_FLUSH_S)
         rows = rt.take_usage()
         if rows:
-            await trio.to_thread.run_sync(store.add_usage, rows)
+            try:
+                await trio.to_thread.run_sync(store.add_usage, rows)
+            except sqlite3.Error as exc:  # a full disk...: these samples are lost, no more
+                rt._background_error("cannot keep usage samples", exc)
 
 
 def _restore(rt: Runtime, store: Store) -> int:

@@ -9,9 +9,11 @@ deadlines and the graceful stop. An application is one coroutine:
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import socket
+import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -28,6 +30,9 @@ from fastfaas.http.protocol import (
 )
 
 RECEIVE_BYTES: Final = 256 * 1024
+# accept() under resource pressure: wait and try again, never stop serving.
+ACCEPT_PRESSURE: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF_S: Final = 0.1
 JSON: Final = b"application/json"
 
 
@@ -104,6 +109,7 @@ class HttpServer:
         self._no_conns = trio.Event()
         self._accept_scope: trio.CancelScope | None = None
         self._slots = trio.Semaphore(self.limits.max_connections)
+        self.accept_errors = 0
         shortest = min(self.limits.header_timeout_s, self.limits.body_timeout_s,
                        self.limits.keepalive_timeout_s)
         self._sweep_every = min(1.0, shortest / 8)
@@ -170,6 +176,18 @@ class HttpServer:
                 finally:
                     with trio.CancelScope(shield=True):
                         await stream.aclose()
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno not in ACCEPT_PRESSURE:
+                    raise
+                # Out of descriptors or memory: the connection waits in the backlog
+                # while calls finish and free some (as trio.serve_listeners does).
+                self.accept_errors += 1
+                if self.accept_errors == 1:
+                    print(f"fastfaas: cannot accept connections: {exc} (said once; retrying)",
+                          file=sys.stderr, flush=True)
+                await trio.sleep(ACCEPT_BACKOFF_S)
+                continue
             except BaseException:
                 self._slots.release()
                 raise

@@ -257,6 +257,7 @@ class Runtime:
         self.auto_size_after = auto_size_after
         self._size_changes: dict[str, collections.deque[sizing.SizeChange]] = {}
         self.on_size_change: Callable[[str, sizing.SizeChange], None] | None = None
+        self._said: set[str] = set()  # background failures already reported
         self._log_entries = log_entries
         self.template = Template(python, cwd="/")
         self._template_up = trio.Event()
@@ -756,8 +757,9 @@ class Runtime:
             fv.in_flight += 1  # keeps a concurrent reaper or drain off the claim
             try:
                 claimed = await self._claim(fv)
-            except ZygoteError as exc:
-                print(f"fastfaas: prewarming {fv.name} failed: {exc}", file=sys.stderr)
+            except (ZygoteError, CgroupError, OSError, _Retry) as exc:
+                print(f"fastfaas: prewarming {fv.name} failed: {exc or 'its zygote died'}",
+                      file=sys.stderr)
                 return
             finally:
                 fv.in_flight -= 1
@@ -1374,25 +1376,37 @@ class Runtime:
         while True:
             template = self.template if first else Template(self.python, cwd="/")
             self.template = template
-            template.start()
-            if self.cgroups.enabled:
-                for root in self.cgroups.roots.values():
-                    (root / "cgroup.procs").write_text(str(template.pid))
+            failed: BaseException | None = None
             try:
-                if first:
-                    await template.serve(task_status=task_status)
-                else:
-                    async with trio.open_nursery() as nursery:
-                        await nursery.start(template.serve)
-                        self._template_up.set()
-            except ZygoteError as exc:
-                if first:
-                    raise
-                print(f"fastfaas: the template zygote could not restart: {exc}", file=sys.stderr)
-                self._template_up.set()  # waiters see that it is not ready
-                return
+                try:
+                    template.start()
+                    if self.cgroups.enabled:
+                        for root in self.cgroups.roots.values():
+                            (root / "cgroup.procs").write_text(str(template.pid))
+                    if first:
+                        await template.serve(task_status=task_status)
+                    else:
+                        async with trio.open_nursery() as nursery:
+                            await nursery.start(template.serve)
+                            self._template_up.set()
+                except BaseExceptionGroup as group:  # from the nursery: what it holds
+                    match, rest = group.split((ZygoteError, OSError))
+                    if rest is not None or match is None:
+                        raise
+                    failed = match.exceptions[0]
+            except (ZygoteError, OSError) as exc:
+                failed = exc
             finally:
                 template.close()
+            if failed is not None:
+                if first:
+                    raise failed
+                # Cannot fork, out of descriptors, or it died at once: claims now
+                # raise ZygoteError; the server (warm instances, the API) goes on.
+                print(f"fastfaas: the template zygote could not restart: {failed}",
+                      file=sys.stderr)
+                self._template_up.set()  # waiters see that it is not ready
+                return
             first = False
             if self._closing:
                 return
@@ -1427,7 +1441,11 @@ class Runtime:
         cfg = fv.config
         cg: CgroupSet | None = None
         if fv.cgrouped:
-            cg = await trio.to_thread.run_sync(self.cgroups.new_zygote, cfg.memory_mb)
+            try:
+                cg = await trio.to_thread.run_sync(self.cgroups.new_zygote, cfg.memory_mb)
+            except BaseException:
+                z.stop()  # taken from the pool for this claim: not left running
+                raise
         z.cgroup = cg
         z.fv = fv
         claim = wire.Claim(
@@ -1662,8 +1680,13 @@ class Runtime:
                 got = None
             entry.finish()
             self.counters["abandoned"] += 1
-            with contextlib.suppress(_Retry):  # it never reached a handler: nothing to do
+            try:
                 await self._finish(inst.fv, inst, "abandoned", request_id, got, cpu_base)
+            except _Retry:
+                pass  # it never reached a handler: nothing to do
+            except Exception as exc:  # nobody waits for this result: keep the server
+                self._background_error("an abandoned invocation could not be finished", exc)
+                self._retire(inst)
             if inst.one_off:  # its caller is gone: nobody else may have it
                 self._retire(inst)
 
@@ -1790,20 +1813,37 @@ class Runtime:
             if inst.proc is not None:
                 inst.proc.close()
             if cg is not None:
-                reusable = await trio.to_thread.run_sync(self._empty_cgroup, cg)
-                # A strict function's code ran in a zygote that held this cgroup's
-                # join descriptors (opened by root): it may have kept copies. Reused
-                # for another function, they would let it join that one's cgroup.
-                # A new cgroup instead: a removed one's descriptors write nowhere.
-                reusable = reusable and inst.fv.isolation != "strict"
-                if reusable and len(self._cg_free) < self.cgroup_pool_size * 2:
-                    self.cgroups.ensure_join_fds(cg)
-                    self.cgroups.mark_throttled(cg)  # the next instance's count starts here
-                    self._cg_free.append(cg)
-                else:
-                    await trio.to_thread.run_sync(self.cgroups.destroy, cg)
+                try:
+                    await self._reclaim_cgroup(inst, cg)
+                except (CgroupError, OSError) as exc:
+                    # Out of descriptors, or a process that will not leave it: the
+                    # cgroup stays (the subtree goes at the stop); the server goes on.
+                    self._background_error("an instance cgroup could not be reclaimed", exc)
         finally:
             self.table.set_state(tid, _native.STATE_FREE)
+
+    async def _reclaim_cgroup(self, inst: InstanceHandle, cg: CgroupSet) -> None:
+        reusable = await trio.to_thread.run_sync(self._empty_cgroup, cg)
+        # A strict function's code ran in a zygote that held this cgroup's join
+        # descriptors (opened by root): it may have kept copies. Reused for another
+        # function, they would let it join that one's cgroup. A new cgroup instead: a
+        # removed one's descriptors write nowhere.
+        reusable = reusable and inst.fv.isolation != "strict"
+        if reusable and len(self._cg_free) < self.cgroup_pool_size * 2:
+            self.cgroups.ensure_join_fds(cg)
+            self.cgroups.mark_throttled(cg)  # the next instance's count starts here
+            self._cg_free.append(cg)
+        else:
+            await trio.to_thread.run_sync(self.cgroups.destroy, cg)
+
+    def _background_error(self, what: str, exc: BaseException) -> None:
+        """A background task's failure that the server survives: said once per kind,
+        counted always (statistics()["counters"]["background_errors"])."""
+        self.counters["background_errors"] += 1
+        if what not in self._said:
+            self._said.add(what)
+            print(f"fastfaas: {what}: {exc} (said once; the server goes on)",
+                  file=sys.stderr, flush=True)
 
     def _empty_cgroup(self, cg: CgroupSet) -> bool:
         """Kill what is left in a dead instance's cgroup; True when it is empty again."""
@@ -1911,6 +1951,10 @@ class Runtime:
             self._pool_forking += 1
             try:
                 z = await self._fork_generic(self._pool_sandbox)
+            except OSError as exc:  # out of descriptors or memory for its socket
+                self._background_error("cannot fill the warming pool", exc)
+                await trio.sleep(1)
+                continue
             except ZygoteError as exc:
                 if self.template.ready.is_set() and not self.template.chan_closed():
                     print(f"fastfaas: cannot fill the warming pool: {exc}", file=sys.stderr)
@@ -1951,7 +1995,10 @@ class Runtime:
                     await z.proc.wait_gone()
                 z.proc.close()
             if z.cgroup is not None:
-                await trio.to_thread.run_sync(self.cgroups.destroy, z.cgroup)
+                try:
+                    await trio.to_thread.run_sync(self.cgroups.destroy, z.cgroup)
+                except (CgroupError, OSError) as exc:  # a process that will not leave it
+                    self._background_error("a zygote cgroup could not be removed", exc)
         self._all_zygotes.discard(z)
 
     def _stop_zygote(self, fv: FunctionVersion) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -350,3 +351,26 @@ async def test_a_valid_request_before_a_malformed_one_is_answered_first() -> Non
         assert (await client.response()).status == 400
         await client.wait_closed()
         assert server.requests == 1
+
+
+async def test_accept_out_of_descriptors_waits_and_goes_on_serving() -> None:
+    server = HttpServer(echo, lambda method, path: 1 << 20)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    real_accept = listeners[0].accept
+    pressure = [OSError(errno.EMFILE, "Too many open files")] * 2
+
+    async def accept() -> trio.SocketStream:
+        if pressure:  # as the kernel says it while the process is at RLIMIT_NOFILE
+            raise pressure.pop()
+        return await real_accept()
+
+    listeners[0].accept = accept  # type: ignore[method-assign]
+    with trio.fail_after(BOUND_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            async with await Client.connect(port) as client:
+                served = await client.request(get("/after"))
+            assert (served.status, served.body) == (200, b"GET /after ")
+            assert server.accept_errors == 2
+            server.close()
