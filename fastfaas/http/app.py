@@ -157,7 +157,7 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
             http = HttpServer(api, api.body_limit, opts.limits)
             await nursery.start(poller.run)
             nursery.start_soon(_keep_usage, rt, store)
-            rt.on_size_change = functools.partial(_keep_size, rt, store)
+            rt.on_size_change = functools.partial(_keep_size, rt, store, api)
             http_done = trio.Event()
 
             async def run_http() -> None:
@@ -237,14 +237,16 @@ def _remove_leftovers(data_dir: Path) -> None:
 USAGE_FLUSH_S = 5.0  # how often the usage samples of invocations go to SQLite
 
 
-def _keep_size(rt: Runtime, store: Store, name: str, change: sizing.SizeChange) -> None:
+def _keep_size(rt: Runtime, store: Store, api: NativeApi, name: str,
+               change: sizing.SizeChange) -> None:
     """A size auto_size applied: into the registry at once (the function's configuration
-    and the change), as a PATCH would be."""
+    and the change), as a PATCH would be, and the Lambda API's LastModified with it."""
     from fastfaas.runtime.store import StoredFunction
 
     info = rt.describe(name)
     store.put_function(StoredFunction(name, LATEST, rt.config(name), info["code_sha256"]))
     store.add_size_change(name, change)
+    api.lambda_api.modified[name] = change.time
 
 
 async def _keep_usage(rt: Runtime, store: Store) -> None:

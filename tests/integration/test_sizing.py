@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,11 @@ def test_auto_size_and_tune_over_http_and_a_kill(start_server: Any, tmp_path: Pa
         size = got["config"]["memory_mb"]
         assert size < 2048 and [c["to_mb"] for c in got["size_changes"]] == [size], got
         assert client.post("/v1/functions/auto/invoke", json={}).json()["limit_mb"] == size
+        lam = client.get("/2015-03-31/functions/auto/configuration").json()
+        assert lam["MemorySize"] == size, lam
+        changed = got["size_changes"][0]["time"]
+        assert lam["LastModified"].startswith(
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(changed))), (lam, changed)
         bad = client.post("/v1/functions/auto/tune", json={"sizes": [64]})
         assert bad.status_code == 400 and "between 128 and 10240" in bad.json()["message"]
         bad = client.post("/v1/functions/auto/tune", json={"sizez": [128]})
