@@ -251,9 +251,12 @@ class Runtime:
             python, self.data_dir / "deps", allow_source_builds=allow_source_builds,
             pip_args=pip_args)
         self._logs: dict[str, collections.deque[LogEntry]] = {}
-        # Usage samples not yet taken for the registry: kept once take_usage() is
-        # first called (the server's), bounded; an embedding that never asks keeps none.
-        self._new_usage: collections.deque[tuple[str, str, sizing.UsageSample]] | None = None
+        # Usage samples not yet taken for the registry, per function version: kept once
+        # take_usage() is first called (the server's); an embedding that never asks keeps
+        # none. The registry keeps the last HISTORY of each, so that is all kept here:
+        # under load, a flush writes 2,000 rows a version, not every call since the last.
+        self._new_usage: dict[tuple[str, str],
+                              collections.deque[sizing.UsageSample]] | None = None
         self.auto_size_after = auto_size_after
         self._size_changes: dict[str, collections.deque[sizing.SizeChange]] = {}
         self.on_size_change: Callable[[str, sizing.SizeChange], None] | None = None
@@ -705,10 +708,11 @@ class Runtime:
         """The samples recorded since the last call (for the registry to keep); the
         first call starts the keeping."""
         if self._new_usage is None:
-            self._new_usage = collections.deque(maxlen=100_000)
-        taken = list(self._new_usage)
-        self._new_usage.clear()
-        return taken
+            self._new_usage = {}
+            return []
+        pending, self._new_usage = self._new_usage, {}
+        return [(name, version, sample) for (name, version), samples in pending.items()
+                for sample in samples]
 
     async def delete_version(self, name: str, version: str) -> None:
         """Remove one published version; its calls in flight finish."""
@@ -913,7 +917,10 @@ class Runtime:
         if size == fv.config.memory_mb:
             fv.auto_count += 1
         if self._new_usage is not None:
-            self._new_usage.append((name, fv.version, sample))
+            pending = self._new_usage.get((name, fv.version))
+            if pending is None:
+                pending = self._new_usage[name, fv.version] = sizing.history()
+            pending.append(sample)
         if name not in self._functions:
             return  # deleted while the call ran
         entries = self._logs.get(name)
