@@ -22,6 +22,30 @@ REPO = Path(__file__).resolve().parent.parent
 _t_start = time.perf_counter()
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat's first line, in ticks)."""
+    with contextlib.suppress(OSError):
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return []
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """The share of the CPU time between two `cpu_times()` that the hypervisor took
+    for other guests (steal): on a shared host, the noise a run ran under."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after) - sum(before)
+    return round((after[7] - before[7]) / total, 4) if total > 0 else None
+
+
+_cpu_start = cpu_times()
+
+
+def steal_during_run() -> float | None:
+    """steal_share since this module was imported (the benchmark's start)."""
+    return steal_share(_cpu_start, cpu_times())
+
+
 class BenchError(Exception):
     pass
 
@@ -116,6 +140,8 @@ def run_in_tempdir(script: str, run: Any, *args: Any) -> Any:
 
 def emit(report: dict[str, Any], out: Path | None, indent: int | None = None) -> int:
     """Print the JSON report (compact unless `indent`) and write it to `out` too."""
+    if isinstance(report.get("machine"), dict):
+        report["machine"]["steal_share_during_run"] = steal_during_run()
     text = json.dumps(report, indent=indent, separators=None if indent else (",", ":"))
     print(text)
     if out is not None:

@@ -41,6 +41,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import _common  # noqa: E402  (bench/, first on sys.path)
+
 from fastfaas.loadgen import report  # noqa: E402
 from fastfaas.loadgen.client import Connection, build_request  # noqa: E402
 from fastfaas.loadgen.engine import Plan, Target, run  # noqa: E402
@@ -231,7 +233,11 @@ def main() -> None:
     }
     for name in args.only.split(","):
         print(f"== {name}", file=sys.stderr, flush=True)
+        before = _common.cpu_times()
         results[name] = SCENARIOS[name](args.quick)
+        # The share of CPU time the hypervisor gave other guests meanwhile: on a
+        # shared host, what the figures ran under.
+        results[name]["steal_share"] = _common.steal_share(before, _common.cpu_times())
         shown = {k: v for k, v in results[name].items() if k not in ("raw", "server_counts")}
         print(json.dumps(shown, indent=1, default=str)[:3000])
     out = args.out or (ROOT / "bench" / "results" /

@@ -756,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"http_warm: {exc}", file=sys.stderr)
         return 1
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["steal_share_during_run"] = _common.steal_during_run()
     report: dict[str, Any] = {
         "benchmark": "bench/http_warm.py",
         "date_utc": began.isoformat(timespec="seconds"),
