@@ -34,7 +34,7 @@ def steal_share(before: list[int], after: list[int]) -> float | None:
     for other guests (steal): on a shared host, the noise a run ran under."""
     if len(before) < 8 or len(after) < 8:
         return None
-    total = sum(after) - sum(before)
+    total = sum(after[:8]) - sum(before[:8])  # (guest time is inside user already)
     return round((after[7] - before[7]) / total, 4) if total > 0 else None
 
 

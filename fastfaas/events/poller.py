@@ -48,7 +48,7 @@ class Poller:
         self.completed = 0
         self.throttled = 0
         self.store_errors = 0  # the queue's database refused a read or write
-        self._said = False
+        self._said: set[str] = set()
         self._wakeup = trio.Event()
         self._stopping = False
         self._idle = trio.Event()
@@ -84,8 +84,8 @@ class Poller:
 
     def _say(self, what: str, exc: BaseException) -> None:
         self.store_errors += 1
-        if not self._said:
-            self._said = True
+        if what not in self._said:
+            self._said.add(what)
             print(f"fastfaas: {what}: {exc} (said once; retrying)", file=sys.stderr,
                   flush=True)
 

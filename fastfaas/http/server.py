@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import os
 import socket
 import sys
 import traceback
@@ -169,10 +168,11 @@ class HttpServer:
             await self._slots.acquire()
             try:
                 stream = await listener.accept()
-                # Our own socket object on a duplicate of the descriptor: plain
-                # non-blocking calls on the hot path instead of trio's wrappers.
+                # Our own socket object on the descriptor (taken from trio's, which
+                # then owns none): plain non-blocking calls on the hot path instead
+                # of trio's wrappers, and no second descriptor to run out of.
                 try:
-                    sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
+                    sock = socket.socket(fileno=stream.socket.detach())
                 finally:
                     with trio.CancelScope(shield=True):
                         await stream.aclose()

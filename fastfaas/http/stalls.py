@@ -115,5 +115,7 @@ def from_environment() -> list[trio.abc.Instrument]:
     value = os.environ.get("FASTFAAS_LOG_STALLS_MS")
     if not value:
         return []
+    if not float(value) > 0:
+        raise ValueError(f"FASTFAAS_LOG_STALLS_MS={value!r}: a threshold in ms, above 0")
     gc.callbacks.append(_GcLog(float(value) / 2))
     return [StallLog(float(value))]

@@ -419,13 +419,17 @@ class Cgroups:
                     continue  # no swap accounting on this kernel
                 _write(path, value)
 
-    def destroy(self, cg: CgroupSet) -> None:
-        """Close its descriptors, kill what is left in it, remove it."""
+    def close_fds(self, cg: CgroupSet) -> None:
+        """Close the descriptors fastfaas holds on it (idempotent)."""
         for fd in cg.all_fds():
             with contextlib.suppress(OSError):
                 os.close(fd)
         cg.join_fds.clear()
         cg.peak_fd = cg.cpu_fd = cg.pids_fd = cg.oom_fd = -1
+
+    def destroy(self, cg: CgroupSet) -> None:
+        """Close its descriptors, kill what is left in it, remove it."""
+        self.close_fds(cg)
         for d in cg.dirs.values():
             remove_tree(d)
         cg.dirs.clear()
@@ -457,29 +461,33 @@ class Cgroups:
         held = 0
         if cg.quota_ns and cpu >= cg.quota_ns:
             now = self.throttled(cg)
-            held, cg.throttled_base = max(0, now - cg.throttled_base), now
+            if now is not None:
+                held, cg.throttled_base = max(0, now - cg.throttled_base), now
         return peak, cpu, pids, held
 
-    def throttled(self, cg: CgroupSet) -> int:
-        """The cgroup's throttled time so far (ns); 0 where the kernel does not say."""
+    def throttled(self, cg: CgroupSet) -> int | None:
+        """The cgroup's throttled time so far (ns); None when it cannot be read now
+        (the base then stays: a later read charges nothing of the past twice)."""
         if cg.throttle_path is None:
-            return 0
+            return None
         try:
             with open(cg.throttle_path, "rb") as f:
                 text = f.read()
         except OSError:
-            return 0
+            return None
         for line in text.splitlines():
             key, _, value = line.partition(b" ")
             if key == b"throttled_time":  # v1, ns
                 return int(value)
             if key == b"throttled_usec":  # v2
                 return int(value) * 1000
-        return 0
+        return None
 
     def mark_throttled(self, cg: CgroupSet) -> None:
         """Its throttling counts from now (a cgroup back in the pool for a new instance)."""
-        cg.throttled_base = self.throttled(cg)
+        now = self.throttled(cg)
+        if now is not None:
+            cg.throttled_base = now
 
     def memory_usage(self, cg: CgroupSet) -> int:
         """The memory cgroup's usage now (bytes), 0 if it has none or is gone.

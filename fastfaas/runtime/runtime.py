@@ -1824,8 +1824,10 @@ class Runtime:
                     await self._reclaim_cgroup(inst, cg)
                 except (CgroupError, OSError) as exc:
                     # Out of descriptors, or a process that will not leave it: the
-                    # cgroup stays (the subtree goes at the stop); the server goes on.
+                    # cgroup stays (the subtree goes at the stop), its descriptors do
+                    # not; the server goes on.
                     self._background_error("an instance cgroup could not be reclaimed", exc)
+                    self.cgroups.close_fds(cg)
         finally:
             self.table.set_state(tid, _native.STATE_FREE)
 
@@ -1964,7 +1966,7 @@ class Runtime:
                 continue
             except ZygoteError as exc:
                 if self.template.ready.is_set() and not self.template.chan_closed():
-                    print(f"fastfaas: cannot fill the warming pool: {exc}", file=sys.stderr)
+                    self._background_error("cannot fill the warming pool", exc)
                     await trio.sleep(1)  # back off: the template is up but cannot fork
                     continue
                 await self._template_up.wait()  # the template died: wait for the next one
@@ -2065,9 +2067,7 @@ class Runtime:
             except (CgroupError, OSError) as exc:
                 # Out of descriptors, or the hierarchy refuses (a full pids or memory
                 # limit above us): the request path makes its own; try again later.
-                self.counters["cgroup_pool_errors"] += 1
-                if self.counters["cgroup_pool_errors"] == 1:
-                    print(f"fastfaas: the cgroup pool cannot grow: {exc}", file=sys.stderr)
+                self._background_error("the cgroup pool cannot grow", exc)
                 await trio.sleep(CGROUP_POOL_RETRY_S)
                 continue
             self._cg_free.insert(0, cg)  # taken last: reclaimed ones are warmer

@@ -95,6 +95,12 @@ def test_v2_instance_cgroup_is_sized_joined_and_read_through_its_files(tmp_path:
     (d / "cpu.stat").write_text("usage_usec 150250\nthrottled_usec 540\n")
     assert groups.end(inst, base) == (8192, 150_000_000, 2, 500_000)
     assert groups.end(inst, base)[3] == 0  # nothing more since
+    # Unreadable for a moment (out of descriptors): nothing charged, the base kept, so
+    # the next read charges only what came after.
+    (d / "cpu.stat").unlink()
+    assert groups.end(inst, base)[3] == 0
+    (d / "cpu.stat").write_text("usage_usec 150250\nthrottled_usec 700\n")
+    assert groups.end(inst, base)[3] == 160_000
     assert groups.oom_kills(inst) == 1
     os.pwrite(inst.join_fds[0], b"0", 0)
     assert (d / "cgroup.procs").read_text() == "0"
