@@ -1537,7 +1537,11 @@ class Runtime:
         size = memory_mb or fv.config.memory_mb
         if fv.slot_released:  # a retired version, drained: nothing may join its slot
             raise ZygoteError(f"function {fv.name}: this version was replaced or deleted")
-        cg = self._take_cgroup(size) if fv.cgrouped else None
+        cg = await self._take_cgroup(size) if fv.cgrouped else None
+        if _slot_released(fv):  # retired while a cgroup was being made: not used
+            if cg is not None:
+                self._cg_free.append(cg)
+            raise ZygoteError(f"function {fv.name}: this version was replaced or deleted")
         tid = self.table.add(fv.slot)
         spawn_id = next(self._spawn_ids)
         inst = InstanceHandle(tid, f"{self._rid}-{next(self._instance_names)}", fv, z, cg,
@@ -2018,11 +2022,13 @@ class Runtime:
             z.stop()
             self.counters["zygotes_reaped"] += 1
 
-    def _take_cgroup(self, memory_mb: int) -> CgroupSet | None:
+    async def _take_cgroup(self, memory_mb: int) -> CgroupSet | None:
         """An instance cgroup of this size, from the pool when it has one.
 
-        Sizing costs ~0.2 ms of cgroup writes: the pool keeps cgroups already
-        sized for the size last asked for, so the request path rarely pays it.
+        Sizing costs ~0.2 ms of cgroup writes, and a write can wait on the kernel's
+        cgroup lock for milliseconds while other cgroups are made or removed: the
+        pool keeps cgroups sized for the size last asked for, and when it has none
+        of this size, one is made or resized in a thread, not in the event loop.
         """
         if not self.cgroups.enabled:
             return None
@@ -2031,23 +2037,35 @@ class Runtime:
                       if free[i].memory_mb == memory_mb), None)
         self._cg_hint = memory_mb
         self._cg_lot.unpark_all()
-        cg = None
         try:
             if match is not None:
                 cg = free.pop(match)
-            else:
-                cg = free.pop() if free else self.cgroups.new_instance()
-                self.counters["cgroup_resized"] += 1
-            self.cgroups.ensure_join_fds(cg)  # a no-op for one from the pool
-            self.cgroups.size_instance(cg, memory_mb)  # a no-op when it has that size
+                try:
+                    self.cgroups.ensure_join_fds(cg)  # a no-op for one from the pool
+                except BaseException:
+                    self.cgroups.destroy(cg)
+                    raise
+                return cg
+            self.counters["cgroup_resized"] += 1
+            return await trio.to_thread.run_sync(
+                self._sized_cgroup, free.pop() if free else None, memory_mb)
         except (CgroupError, OSError) as exc:
-            if cg is not None:
-                self.cgroups.destroy(cg)
             if getattr(exc, "errno", None) == errno.EMFILE:
                 raise TooManyRequestsError(
                     "the server has no file descriptors left for another instance"
                     f" ({len(self._all_zygotes)} zygotes); retry later, or raise its"
                     " RLIMIT_NOFILE") from None
+            raise
+
+    def _sized_cgroup(self, cg: CgroupSet | None, memory_mb: int) -> CgroupSet:
+        """(In a thread.) `cg`, or a new instance cgroup, ready at `memory_mb`."""
+        if cg is None:
+            cg = self.cgroups.new_instance()
+        try:
+            self.cgroups.ensure_join_fds(cg)
+            self.cgroups.size_instance(cg, memory_mb)
+        except BaseException:
+            self.cgroups.destroy(cg)
             raise
         return cg
 
@@ -2063,7 +2081,7 @@ class Runtime:
                 await self._cg_lot.park()
                 continue
             try:
-                cg = await trio.to_thread.run_sync(self._new_sized_cgroup, hint)
+                cg = await trio.to_thread.run_sync(self._sized_cgroup, None, hint)
             except (CgroupError, OSError) as exc:
                 # Out of descriptors, or the hierarchy refuses (a full pids or memory
                 # limit above us): the request path makes its own; try again later.
@@ -2071,15 +2089,6 @@ class Runtime:
                 await trio.sleep(CGROUP_POOL_RETRY_S)
                 continue
             self._cg_free.insert(0, cg)  # taken last: reclaimed ones are warmer
-
-    def _new_sized_cgroup(self, memory_mb: int) -> CgroupSet:
-        cg = self.cgroups.new_instance()
-        try:
-            self.cgroups.size_instance(cg, memory_mb)
-        except BaseException:
-            self.cgroups.destroy(cg)
-            raise
-        return cg
 
     @trio.lowlevel.enable_ki_protection
     async def _reap_idle(self) -> None:
@@ -2280,6 +2289,12 @@ def _stack_of(payload: bytes) -> list[str]:
         return []
     stack = body.get("stackTrace") if isinstance(body, dict) else None
     return [str(s) for s in stack] if isinstance(stack, list) else []
+
+
+def _slot_released(fv: FunctionVersion) -> bool:
+    """(A function, so that a check after an await is not narrowed away by a type
+    checker that saw the same check before it.)"""
+    return fv.slot_released
 
 
 def _error_result(error: FunctionError, start: str, request_id: str, log: bytes = b"",
