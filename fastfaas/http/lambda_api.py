@@ -287,6 +287,9 @@ class LambdaApi:
                       body: dict[str, Any]) -> str:
         """Deploy $LATEST, keep it, and publish it when asked: the version to show."""
         await self.runtime.deploy(name, zip_data, handler, **fields)
+        return self._deployed(name, body)
+
+    def _deployed(self, name: str, body: dict[str, Any]) -> str:
         self.native._save(name)
         self.modified[name] = time.time()
         return self._publish_now(name) if body.get("Publish") else LATEST
@@ -376,9 +379,10 @@ class LambdaApi:
         body = _json_body(req)
         zip_data = _zip_file(body)
         async with self.native._write_lock:
-            cfg = self.runtime.config(name)  # under the lock: the latest (auto_size's too)
-            fields = {k: getattr(cfg, k) for k in cfg.__struct_fields__ if k != "handler"}
-            version = await self._deploy(name, zip_data, cfg.handler, fields, body)
+            # The configuration it has once the code is unpacked: a size auto_size
+            # applies meanwhile holds.
+            await self.runtime.update_code(name, zip_data)
+            version = self._deployed(name, body)
         return Response(200, _encode(self.configuration(name, version)),
                         [(b"content-type", JSON)])
 

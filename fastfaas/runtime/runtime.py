@@ -481,13 +481,31 @@ class Runtime:
         cfg = FunctionConfig.create(handler=handler, **config)
         self._check_reservation(name, cfg)
         self._isolation_of(cfg)
+        code_dir, sha = await self._unpack(source)
+        return self._activate(name, cfg, code_dir, sha)
+
+    async def update_code(self, name: str,
+                          source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
+        """New code for a deployed function, with the configuration it has once the
+        code is unpacked (a change made meanwhile, auto_size's included, holds).
+
+        Raises:
+            FunctionNotFoundError: not deployed (or deleted while unpacking).
+            InvalidRequestError: a bad bundle.
+        """
+        self._check_open()
+        self._lookup(name, LATEST)
+        code_dir, sha = await self._unpack(source)
+        return self._activate(name, self._lookup(name, LATEST).config, code_dir, sha)
+
+    async def _unpack(self, source: str | os.PathLike[str] | bytes) -> tuple[Path, str]:
         zip_data = await trio.to_thread.run_sync(code_bundles.code_bytes, source)
-        code_dir, sha = await trio.to_thread.run_sync(
+        unpacked = await trio.to_thread.run_sync(
             code_bundles.unpack, zip_data, self.data_dir / "code", self.requirements,
             abandon_on_cancel=False,
         )
         self._check_open()
-        return self._activate(name, cfg, code_dir, sha)
+        return unpacked
 
     def restore(self, name: str, config: FunctionConfig, code_sha256: str) -> dict[str, Any]:
         """Deploy again code already unpacked in `data_dir/code/<sha256>/` (after a restart).

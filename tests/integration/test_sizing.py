@@ -362,3 +362,18 @@ async def test_a_tune_across_a_configuration_change_stops_with_what_it_has(
         assert "changed or deleted during the tune: 1 of 3 sizes ran" in report.stopped
         result = await rt.invoke("fn", {"sleep": 0})
         assert result.ok and result.value()["limit_mb"] == 768, result.payload
+
+
+async def test_new_code_keeps_the_configuration_it_finds_once_unpacked(
+        tmp_path: Path, make_function: Any, cgroups_mode: str) -> None:
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode) as rt:
+        await rt.deploy("fn", source=make_function(app=SIZED), handler="app.handler",
+                        memory_mb=512, env={"K": "v"}, auto_size=True)
+        await rt.update_config("fn", memory_mb=256)  # as auto_size would
+        newer = make_function(app=SIZED.replace('"size": len(block)', '"size": -1'))
+        info = await rt.update_code("fn", newer)
+        assert info["config"]["memory_mb"] == 256 and info["config"]["env"] == {"K": "v"}
+        result = await rt.invoke("fn", {"sleep": 0})
+        assert result.value() == {"limit_mb": 256, "size": -1}, result.payload
+        with pytest.raises(fastfaas.errors.FunctionNotFoundError):
+            await rt.update_code("nope", newer)
