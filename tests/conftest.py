@@ -16,6 +16,7 @@ import fastfaas
 from fastfaas.runtime.cgroups import Cgroups
 
 REQUIRE_CGROUPS = os.environ.get("FASTFAAS_REQUIRE_CGROUPS") == "1"
+CGROUPS_MODE = "require" if REQUIRE_CGROUPS else "auto"
 
 
 def _cgroups_writable() -> bool:
@@ -46,7 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def cgroups_mode() -> str:
-    return "require" if REQUIRE_CGROUPS else "auto"
+    return CGROUPS_MODE
 
 
 @pytest.fixture
@@ -175,3 +176,14 @@ def start_server(tmp_path: Path, cgroups_mode: str) -> Iterator[Callable[..., Se
     yield start
     for server in servers:
         server.stop()
+
+
+def module_server(tmp_path_factory: pytest.TempPathFactory, name: str,
+                  *args: str) -> Iterator[ServerProcess]:
+    """For a module-scoped fixture: one `fastfaas serve *args` on a fresh data directory,
+    stopped at the module's end (every child gone)."""
+    srv = ServerProcess(tmp_path_factory.mktemp(name) / "data", CGROUPS_MODE, *args)
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -295,24 +295,15 @@ class LambdaApi:
         return self._publish_now(name) if body.get("Publish") else LATEST
 
     async def _list(self, req: Request, _: str, op: str) -> Response:
-        query = dict(parse_qsl(req.query.decode("latin-1")))
-        try:
-            limit = int(query.get("MaxItems", MAX_ITEMS))
-        except ValueError:
-            raise invalid("MaxItems must be an integer") from None
-        if not 1 <= limit <= 10000:
-            raise invalid("MaxItems must be between 1 and 10000")
-        names = sorted(self.runtime.functions())
-        marker = query.get("Marker")
-        if marker:
-            names = [n for n in names if n > marker]
-        page = names[:limit]
+        query = _query(req)
+        # Sorted names: a marker deleted since the last page still says where to go on.
+        page, marker = _page(sorted(self.runtime.functions()), query, ordered=True)
         every = query.get("FunctionVersion") == "ALL"  # published versions too
         out: dict[str, Any] = {"Functions": [
             self.configuration(n, v) for n in page
             for v in ([LATEST, *self.runtime.versions(n)] if every else [LATEST])]}
-        if len(names) > limit:
-            out["NextMarker"] = page[-1]
+        if marker:
+            out["NextMarker"] = marker
         return Response(200, _encode(out), [(b"content-type", JSON)])
 
     async def _get(self, req: Request, raw: str, op: str) -> Response:
@@ -656,8 +647,10 @@ def _query(req: Request) -> dict[str, str]:
     return dict(parse_qsl(req.query.decode("latin-1")))
 
 
-def _page(items: list[str], query: dict[str, str]) -> tuple[list[str], str]:
-    """A page of `items` after the Marker (an item), MaxItems long; and the next marker."""
+def _page(items: list[str], query: dict[str, str],
+          ordered: bool = False) -> tuple[list[str], str]:
+    """A page of `items` after the Marker (an item; with `ordered`, sorted items, any
+    string), MaxItems long; and the next marker ("" after the last page)."""
     try:
         limit = int(query.get("MaxItems", MAX_ITEMS))
     except ValueError:
@@ -665,7 +658,9 @@ def _page(items: list[str], query: dict[str, str]) -> tuple[list[str], str]:
     if not 1 <= limit <= 10000:
         raise invalid("MaxItems must be between 1 and 10000")
     marker = query.get("Marker")
-    if marker:
+    if marker and ordered:
+        items = [i for i in items if i > marker]
+    elif marker:
         items = items[items.index(marker) + 1:] if marker in items else []
     page = items[:limit]
     return page, page[-1] if len(items) > limit else ""

@@ -678,12 +678,13 @@ class Runtime:
         if (fv.version != LATEST or fv.retired or self._functions.get(fv.name) is not fv
                 or not fv.cgrouped):
             return  # without cgroups there is no peak to size from
+        rec = self._recommendation(fv)
         decided = sizing.auto_size(fv.usage, cfg.memory_mb, cfg.min_memory_mb,
-                                   cfg.max_memory_mb, self._recommendation(fv))
+                                   cfg.max_memory_mb, rec)
         if decided is None:
             return
         size, reason = decided
-        samples = sum(1 for u in fv.usage if u.memory_mb == cfg.memory_mb)
+        samples = int(rec.evidence.get("samples_at_size", 0))
         change = sizing.SizeChange(time.time(), fv.version, cfg.memory_mb, size, reason,
                                    samples)
         self._reconfigure(fv, cfg.replace(memory_mb=size))
@@ -925,11 +926,11 @@ class Runtime:
 
     def _log(self, fv: FunctionVersion, result: InvocationResult) -> None:
         name = fv.name
-        error = result.error
+        now = time.time()
+        kind = None if result.error is None else result.error.kind
         size = result.escalated_mb or fv.config.memory_mb
-        sample = sizing.UsageSample(time.time(), result.usage.max_memory_bytes,
-                                    result.usage.cpu_us, result.duration_us,
-                                    "success" if error is None else error.kind, result.start,
+        sample = sizing.UsageSample(now, result.usage.max_memory_bytes, result.usage.cpu_us,
+                                    result.duration_us, kind or "success", result.start,
                                     size, result.usage.throttled_us)
         fv.usage.append(sample)
         if size == fv.config.memory_mb:
@@ -944,8 +945,7 @@ class Runtime:
         entries = self._logs.get(name)
         if entries is None:
             entries = self._logs[name] = collections.deque(maxlen=self._log_entries)
-        entries.append(LogEntry(time.time(), result.request_id, result.start, result.duration_us,
-                                None if result.error is None else result.error.kind,
+        entries.append(LogEntry(now, result.request_id, result.start, result.duration_us, kind,
                                 result.log_tail))
 
     async def _invoke_once(self, fv: FunctionVersion, raw: bytes, request_id: str,
@@ -1553,10 +1553,9 @@ class Runtime:
         the calls of the one that asked for it."""
         # may raise: before anything is held
         size = memory_mb or fv.config.memory_mb
-        if fv.slot_released:  # a retired version, drained: nothing may join its slot
-            raise ZygoteError(f"function {fv.name}: this version was replaced or deleted")
         cg = await self._take_cgroup(size) if fv.cgrouped else None
-        if _slot_released(fv):  # retired while a cgroup was being made: not used
+        if fv.slot_released:  # a retired version, drained (perhaps while a cgroup was
+            #                   being made): nothing may join its slot
             if cg is not None:
                 self._cg_free.append(cg)
             raise ZygoteError(f"function {fv.name}: this version was replaced or deleted")
@@ -2307,12 +2306,6 @@ def _stack_of(payload: bytes) -> list[str]:
         return []
     stack = body.get("stackTrace") if isinstance(body, dict) else None
     return [str(s) for s in stack] if isinstance(stack, list) else []
-
-
-def _slot_released(fv: FunctionVersion) -> bool:
-    """(A function, so that a check after an await is not narrowed away by a type
-    checker that saw the same check before it.)"""
-    return fv.slot_released
 
 
 def _error_result(error: FunctionError, start: str, request_id: str, log: bytes = b"",

@@ -33,9 +33,8 @@ import httpx
 import pytest
 
 from fastfaas.runtime.code import MAX_UNZIPPED_BYTES, zip_directory
-from tests.conftest import REQUIRE_CGROUPS, ServerProcess
+from tests.conftest import CGROUPS_MODE, ServerProcess, module_server
 
-CGROUPS_MODE = "require" if REQUIRE_CGROUPS else "auto"
 HTTP_TIMEOUT = 30.0
 WAIT_S = 15.0  # the bound of every poll below: far above what a healthy server needs
 ZIP = {"content-type": "application/zip"}
@@ -274,11 +273,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One `fastfaas serve` with default flags for the module; stopped (every child gone)."""
-    srv = ServerProcess(tmp_path_factory.mktemp("http-api") / "data", CGROUPS_MODE)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from module_server(tmp_path_factory, "http-api")
 
 
 @pytest.fixture(scope="module")

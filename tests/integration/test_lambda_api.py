@@ -19,9 +19,7 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
-
-CGROUPS_MODE = "require" if os.environ.get("FASTFAAS_REQUIRE_CGROUPS") == "1" else "auto"
+from tests.conftest import ServerProcess, module_server
 
 # An unmodified Lambda handler: context, environment, print and logging.
 LAMBDA_FUNCTION = """
@@ -62,11 +60,7 @@ def lambda_zip(source: str = LAMBDA_FUNCTION) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path_factory.mktemp("lambda-api") / "data", CGROUPS_MODE)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from module_server(tmp_path_factory, "lambda-api")
 
 
 @pytest.fixture(scope="module")

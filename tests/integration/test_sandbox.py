@@ -639,19 +639,16 @@ def test_daemonised_grandchildren_die_with_the_invocation(sbx: Sandboxed) -> Non
 # --- the instance's channel to the server -------------------------------------------
 
 
-def test_instance_channel_closed(sbx: Sandboxed) -> None:
-    deploy(sbx.client, "closer", "offenders", "channel")
-    r = invoke(sbx.client, "closer", {"mode": "close"})
-    function_error(r, "Crashed", "Runtime.ExitError", "exit status 70")
-    assert ok(invoke(sbx.client, "closer", {"mode": "none", "tag": "next"}))["tag"] == "next"
-    assert_unharmed(sbx, r)
-
-
-def test_instance_channel_garbage(sbx: Sandboxed) -> None:
-    deploy(sbx.client, "garbler", "offenders", "channel")
-    r = invoke(sbx.client, "garbler", {"mode": "garbage"})
-    function_error(r, "Crashed", "Runtime.InvalidResponse", "malformed message")
-    assert ok(invoke(sbx.client, "garbler", {"mode": "none", "tag": "next"}))["tag"] == "next"
+@pytest.mark.parametrize(("name", "mode", "error_type", "message"), [
+    ("closer", "close", "Runtime.ExitError", "exit status 70"),  # closes its channel
+    ("garbler", "garbage", "Runtime.InvalidResponse", "malformed message"),  # writes junk
+])
+def test_instance_channel_closed_or_garbage(sbx: Sandboxed, name: str, mode: str,
+                                            error_type: str, message: str) -> None:
+    deploy(sbx.client, name, "offenders", "channel")
+    r = invoke(sbx.client, name, {"mode": mode})
+    function_error(r, "Crashed", error_type, message)
+    assert ok(invoke(sbx.client, name, {"mode": "none", "tag": "next"}))["tag"] == "next"
     assert_unharmed(sbx, r)
 
 
@@ -684,19 +681,15 @@ def test_import_that_never_returns(sbx: Sandboxed) -> None:
     assert_unharmed(sbx, r)
 
 
-def test_import_that_exits_its_zygote(sbx: Sandboxed) -> None:
-    deploy(sbx.client, "exits", "init_exits")
-    r = invoke(sbx.client, "exits")
-    function_error(r, "InitError", "Init.Crashed", "exit status 3")
-    assert_next_deploy_works(sbx, "exits")
-    assert_unharmed(sbx, r)
-
-
-def test_import_that_crashes_its_zygote(sbx: Sandboxed) -> None:
-    deploy(sbx.client, "segv", "init_segv")
-    r = invoke(sbx.client, "segv")
-    function_error(r, "InitError", "Init.Crashed", "SIGSEGV")
-    assert_next_deploy_works(sbx, "segv")
+@pytest.mark.parametrize(("name", "message"), [
+    ("exits", "exit status 3"),  # the import calls os._exit(3)
+    ("segv", "SIGSEGV"),  # the import crashes the interpreter
+])
+def test_import_that_ends_its_zygote(sbx: Sandboxed, name: str, message: str) -> None:
+    deploy(sbx.client, name, f"init_{name}")
+    r = invoke(sbx.client, name)
+    function_error(r, "InitError", "Init.Crashed", message)
+    assert_next_deploy_works(sbx, name)
     assert_unharmed(sbx, r)
 
 

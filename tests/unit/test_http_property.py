@@ -46,7 +46,7 @@ from fastfaas.http.protocol import (
     encode_response,
 )
 from fastfaas.http.server import HttpServer, Response
-from tests.conftest import REQUIRE_CGROUPS, ServerProcess
+from tests.conftest import CGROUPS_MODE, ServerProcess
 from tests.fuzz.http_checks import (
     Answer,
     api_body_limit,
@@ -250,6 +250,19 @@ ENDLESS = {
 }
 
 
+def feed_until_refused(conn: ServerConnection,
+                       chunks: list[bytes]) -> tuple[ProtocolError, int, int]:
+    """Feed `chunks` until the connection refuses (it must): the refusal, checked; the
+    bytes fed up to and including the chunk that brought it; that chunk's length."""
+    fed = last = 0
+    with pytest.raises(ProtocolError) as refused:
+        for chunk in chunks:
+            fed, last = fed + len(chunk), len(chunk)
+            conn.receive_data(chunk)
+    check_refusal(refused.value, conn)
+    return refused.value, fed, last
+
+
 @bounded(150)
 @given(st.sampled_from(sorted(ENDLESS)), st.integers(1, 700),
        st.lists(st.integers(1, 300), min_size=1, max_size=8))
@@ -266,13 +279,8 @@ def test_endless_headers_are_refused_once_past_max_header_bytes(
         chunks.append(stream[offset:offset + size])
         offset += size
     conn = ServerConnection(lambda method, path: LIMIT, SMALL_HEADERS)
-    fed = 0
-    with pytest.raises(ProtocolError) as refused:
-        for chunk in chunks:
-            fed += len(chunk)
-            conn.receive_data(chunk)
-    check_refusal(refused.value, conn)
-    assert refused.value.status == 431, refused.value
+    refused, fed, _ = feed_until_refused(conn, chunks)
+    assert refused.status == 431, refused
     assert fed <= first + SMALL_HEADERS + max(sizes), (fed, first, sizes)
 
 
@@ -302,16 +310,11 @@ def test_a_body_over_the_limit_is_refused_as_soon_as_it_shows(
         stream += b"0\r\n\r\n"
     chunks = cut(stream, data.draw(cuts_of(stream), label="cuts"))
     conn = ServerConnection(lambda method, path: limit)
-    fed = 0
-    with pytest.raises(ProtocolError) as refused:
-        for chunk in chunks:
-            fed += len(chunk)
-            conn.receive_data(chunk)
-    check_refusal(refused.value, conn)
-    assert refused.value.status == 413, refused.value
+    refused, fed, last = feed_until_refused(conn, chunks)
+    assert refused.status == 413, refused
     assert conn.next_request() is None
     # The read that brought the decisive byte was refused: no earlier, no later one.
-    assert fed - len(chunk) <= decisive < fed, (fed, len(chunk), decisive)
+    assert fed - last <= decisive < fed, (fed, last, decisive)
 
 
 statuses = st.sampled_from(sorted(s for s in range(200, 600) if s not in (204, 304)))
@@ -454,7 +457,6 @@ async def test_the_server_answers_pipelined_requests_in_order(
 
 # --- the native API, behind a real `fastfaas serve` ------------------------------------
 
-CGROUPS_MODE = "require" if REQUIRE_CGROUPS else "auto"
 API_BODY_LIMIT = api_body_limit(1 << 20)  # --max-body-mb 1
 ECHO = b"def handler(event, context):\n    return event\n"
 CODE = [ECHO, b"raise RuntimeError('at import')\n", b"def handler(e, c):\n    return None\n",
