@@ -23,9 +23,9 @@ and counted):
 - prewarmed: before each sample the warm idle instances are retired (the
   runtime's own retire path) and the runtime is left to settle with its spare
   ready, so the next invocation finds no warm instance but a spare.
-- forked: before each sample every idle instance, spares included, is
-  retired (`Runtime._drain_idle`); a forked start does not ask for a new
-  spare, so the next invocation forks from the function zygote.
+- forked: spares are off for the series (`spares=0`), and before each sample
+  every idle instance is retired (`Runtime._drain_idle`) and the runtime
+  settles, so the next invocation forks from the function zygote.
 - claimed: before each sample the function is redeployed (a new function
   version, so a new zygote is needed) and the warming pool is left to refill.
 - cold: as claimed, in a second Runtime with warm_pool_size=0; claimed and
@@ -526,14 +526,23 @@ async def bench_handler(rt: Runtime, cold_rt: Runtime, kind: str, counts: dict[s
     zygote_rss = _zygote_rss_kb(rt, name)
     await warm_block()
 
-    # forked
+    # forked. Spares are off for the series: the adaptive spare target grows with
+    # every instance that had to be forked (one more per new instance needed in
+    # the last 5 s), so with them on each sample would follow the fork and the
+    # kill of ~15 spares, whose teardown (reaping, cgroup offlining, freed
+    # memory) is still running in the kernel when the next fork starts: ~1 ms
+    # more per sample here, a cost of this benchmark's method, not of a start.
     async def to_forked() -> None:
         await settle(rt)  # a spare being forked now would be idle after the drain
         rt._drain_idle(rt._functions[name])
         await settle(rt)
 
-    [out["forked"]] = await measure(
-        Series(rt, name, "forked", counts["forked"], warmup, to_forked))
+    spares, rt.spares = rt.spares, 0
+    try:
+        [out["forked"]] = await measure(
+            Series(rt, name, "forked", counts["forked"], warmup, to_forked))
+    finally:
+        rt.spares = spares
     log(f"{kind} forked: {_brief(out['forked'])}")
     await warm_block()
 
@@ -605,7 +614,8 @@ async def bench_fastfaas(counts: dict[str, int], data_dir: Path) -> dict[str, An
 
     main_cfg = {"warm_pool_size": 2, "spares": 1, "cgroups": "auto"}
     cold_cfg = {"warm_pool_size": 0, "warm_pool_max": 0, "spares": 1, "cgroups": "auto"}
-    out["runtimes"] = {"warm/prewarmed/forked/claimed/timeout": main_cfg, "cold": cold_cfg}
+    out["runtimes"] = {"warm/prewarmed/forked/claimed/timeout": main_cfg, "cold": cold_cfg,
+                       "forked_series": "spares=0 while it runs (see bench/README.md)"}
     async with (
         Runtime(data_dir=data_dir / "main", **main_cfg) as rt,  # type: ignore[arg-type]
         Runtime(data_dir=data_dir / "cold", **cold_cfg) as cold_rt,  # type: ignore[arg-type]
