@@ -20,6 +20,21 @@ cdef extern from "sys/prctl.h":
     int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)
     int PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE
 
+cdef extern from "time.h":
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int CLOCK_MONOTONIC
+
+cdef extern from "sys/timerfd.h":
+    struct itimerspec:
+        timespec it_interval
+        timespec it_value
+    int timerfd_create(int clockid, int flags)
+    int timerfd_settime(int fd, int flags, const itimerspec *new_value, itimerspec *old_value)
+    int TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME
+
 STATE_FREE = FF_FREE
 STATE_SPAWNING = FF_SPAWNING
 STATE_IDLE = FF_IDLE
@@ -105,6 +120,35 @@ def set_child_subreaper(bint on=True):
     """Become the reaper of orphaned descendants."""
     if prctl(PR_SET_CHILD_SUBREAPER, on, 0, 0, 0) < 0:
         raise _oserror(errno, "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def monotonic_timer():
+    """A non-blocking, close-on-exec timerfd on CLOCK_MONOTONIC (time.monotonic's clock)."""
+    cdef int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+    if fd < 0:
+        raise _oserror(errno, "timerfd_create")
+    return fd
+
+
+def arm_timer_at(int fd, double when):
+    """Make `fd` (a monotonic_timer) readable at `when`, in time.monotonic() seconds.
+
+    A time already past fires at once. Disarming is arming at 0."""
+    cdef itimerspec its
+    cdef double whole
+    its.it_interval.tv_sec = 0
+    its.it_interval.tv_nsec = 0
+    if when <= 0:
+        its.it_value.tv_sec = 0
+        its.it_value.tv_nsec = 0
+    else:
+        whole = <double><long>when
+        its.it_value.tv_sec = <time_t>whole
+        its.it_value.tv_nsec = <long>((when - whole) * 1e9)
+        if its.it_value.tv_sec == 0 and its.it_value.tv_nsec == 0:
+            its.it_value.tv_nsec = 1  # 0 would disarm it
+    if timerfd_settime(fd, TFD_TIMER_ABSTIME if when > 0 else 0, &its, NULL) < 0:
+        raise _oserror(errno, "timerfd_settime")
 
 
 def set_dumpable(bint on):

@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import itertools
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
+import trio.testing
 
-from fastfaas.loadgen.engine import Plan, Target, Worker, planned_arrivals
+from fastfaas import _native
+from fastfaas.loadgen.engine import Plan, PreciseTimer, Target, Worker, planned_arrivals
 from fastfaas.loadgen.stats import Stats
 
 ANSWER = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Fastfaas-Start: warm\r\n\r\n{"ok":true}'
@@ -222,3 +225,35 @@ async def test_connect_failures_are_not_requests() -> None:
     assert opened.connect_errors >= 2
     check_accounting(opened, plan)
     assert opened.answered == 0 and set(opened.errors) <= {"unsent", "overload"}
+
+
+async def test_precise_timer_never_wakes_before_its_time() -> None:
+    """The open loop's timerfd sleep: at or after the time asked, and a sleep
+    cancelled before its time leaves no tick behind for the next one."""
+    clock = trio.current_time
+    with PreciseTimer() as timer:
+        assert timer._fd >= 0  # trio's system clock: the timerfd path
+        for delay in (0.0005, 0.002, 0.0, -0.001):
+            t = clock() + delay
+            await timer.sleep_until(t)
+            # The offset between trio's clock and CLOCK_MONOTONIC is taken
+            # from two successive clock reads: at most microseconds off.
+            assert clock() >= t - 1e-5
+        with trio.move_on_after(0.001):
+            await timer.sleep_until(clock() + 3600)
+        t = clock() + 0.002
+        await timer.sleep_until(t)
+        assert clock() >= t - 1e-5
+        _native.arm_timer_at(timer._fd, time.monotonic() - 1)  # a tick, left unread
+        t = clock() + 0.002
+        await timer.sleep_until(t)
+        assert clock() >= t - 1e-5
+    assert timer._fd == -1
+
+
+async def test_precise_timer_follows_a_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
+    with PreciseTimer() as timer:
+        assert timer._fd == -1  # no timerfd: trio.sleep_until on the mock clock
+        t = trio.current_time() + 30
+        await timer.sleep_until(t)
+        assert trio.current_time() >= t
