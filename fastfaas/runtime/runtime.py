@@ -119,6 +119,10 @@ class FunctionVersion:
         self.init_log = b""
         self.usage = sizing.history()  # per invocation: peak memory, CPU, duration, outcome
         self.auto_count = 0  # invocations at its size since auto_size last looked
+        # Its last handler ran within the server's spin window: the server polls for
+        # the next reply instead of sleeping at once (a longer one would be polled
+        # for in vain, taking a CPU the instances need).
+        self.quick = True
         self.recommended: tuple[Any, sizing.Recommendation] | None = None  # (key, cached)
         self.isolation = "none"  # set by the Runtime: the level in force
         self.cgrouped = False
@@ -141,9 +145,9 @@ class Runtime:
         spares: spare instances each function zygote keeps forked and ready.
         cgroup_pool_size: instance cgroups created ahead of need.
         spin_us: how long to poll for a reply before sleeping, when it is
-            the only invocation in flight and no other task is runnable (0:
-            never): a short handler's result then does not wait for an idle
-            CPU to wake.
+            the only invocation in flight, no other task is runnable and the
+            function's last handler took less than that (0: never): a short
+            handler's result then does not wait for an idle CPU to wake.
         python: the interpreter for the template zygote.
         allow_source_builds: let pip build a bundle's requirements from
             source (runs their build code); by default binary wheels only.
@@ -1609,9 +1613,11 @@ class Runtime:
                     self._retire(inst)
                     raise _Retry() from None
             try:
-                # Spin only for a lone invocation: with others in flight their
-                # replies and requests arrive meanwhile, and the loop must run.
-                got = await inst.chan.recv(self.spin_ns if self._running == 1 else 0)
+                # Spin only for a lone invocation of a quick handler: with others in
+                # flight their replies and requests arrive meanwhile, and the loop
+                # must run; a slow handler's reply would not come within the spin.
+                got = await inst.chan.recv(
+                    self.spin_ns if self._running == 1 and fv.quick else 0)
             except (OSError, wire.FrameError):
                 got = None
         except trio.Cancelled:
@@ -1681,6 +1687,7 @@ class Runtime:
             self._hand_back(inst)
         else:
             self._set_idle(inst, spare=False)
+        fv.quick = result.duration_ns < self.spin_ns
         error = None
         if not result.ok:
             kind = errors.RESULT_TOO_LARGE if result.too_large else errors.UNHANDLED

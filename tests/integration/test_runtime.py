@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -183,6 +184,39 @@ async def test_start_kinds_without_pools(tmp_path, make_function, cgroups_mode) 
         assert first[0].start == "cold"  # no warming pool: the template forked on demand
         assert second[0].start == "forked"  # no spare: forked on the request path
         assert rt.statistics()["functions"]["g"]["instances"]["spare"] == 0
+
+
+# The handler's time is the workload here (a slow function), not a wait for anything.
+NAPPER = """
+import time
+def handler(event, context):
+    time.sleep(event["s"])
+    return {"slept": event["s"]}
+"""
+
+
+async def test_the_server_polls_for_a_reply_only_after_a_quick_handler(
+        tmp_path, make_function, cgroups_mode) -> None:
+    """A lone invocation is polled for (spin_us) only while its function's last
+    handler returned within the window: waiting on a slow one costs the server
+    no CPU. The poll is a busy loop, so it shows in the process's CPU time."""
+    code = make_function(app=NAPPER)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                spin_us=100_000) as rt:
+        await rt.deploy("n", source=code, handler="app.handler")
+        await rt.invoke("n", {"s": 0.2})  # nothing known yet: polled for; now known slow
+        cpu0 = time.process_time()
+        for _ in range(3):
+            assert (await rt.invoke("n", {"s": 0.2})).payload == b'{"slept":0.2}'
+        after_slow = time.process_time() - cpu0
+        cpu0 = time.process_time()
+        for _ in range(3):
+            await rt.invoke("n", {"s": 0})  # quick: the next call is polled for...
+            await rt.invoke("n", {"s": 0.2})  # ...for the whole 100 ms, in vain
+        after_quick = time.process_time() - cpu0
+        # Three polls of 100 ms each against three plain waits (a few ms of
+        # the server's own work): far apart whatever the machine's speed.
+        assert after_quick > 2 * after_slow, (after_quick, after_slow)
 
 
 async def test_functions_never_share_a_zygote_or_an_instance(runtime, make_function) -> None:
