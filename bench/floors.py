@@ -34,6 +34,7 @@ import resource
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,7 @@ def _child_result(fn: Any) -> Any:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        try:
-            os.write(w, msgspec.msgpack.encode(fn()))
-        finally:
-            os._exit(0)
+        _child(lambda: os.write(w, msgspec.msgpack.encode(fn())))
     os.close(w)
     chunks = []
     while chunk := os.read(r, 65536):
@@ -63,6 +61,16 @@ def _child_result(fn: Any) -> Any:
     os.close(r)
     os.waitpid(pid, 0)
     return msgspec.msgpack.decode(b"".join(chunks))
+
+
+def _child(body: Any) -> None:
+    """A forked child's whole life: body(), then exit; never back into the parent's code."""
+    try:
+        body()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
 
 
 def page_costs(runs: int) -> dict[str, Any]:
@@ -118,9 +126,10 @@ def fork_to_result(n: int) -> dict[str, Any]:
         t0 = time.perf_counter_ns()
         pid = os.fork()
         if pid == 0:
-            out = encode(handler(decode(event)))
-            os.write(w, encode([len(out), resource.getrusage(resource.RUSAGE_SELF).ru_minflt]))
-            os._exit(0)
+            def answer(w: int = w) -> None:
+                out = encode(handler(decode(event)))
+                os.write(w, encode([len(out), resource.getrusage(resource.RUSAGE_SELF).ru_minflt]))
+            _child(answer)
         os.close(w)
         got = os.read(r, 256)
         samples.append(time.perf_counter_ns() - t0)
@@ -148,13 +157,15 @@ def round_trips(n: int) -> dict[str, Any]:
             a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             pid = os.fork()
             if pid == 0:
-                a.close()
-                for _, other in children.values():  # or its child never sees EOF
-                    other.close()
-                os.sched_setaffinity(0, mask)
-                while msg := b.recv(256):
-                    b.send(msg)
-                os._exit(0)
+                def echo(a: socket.socket = a, b: socket.socket = b,
+                         mask: set[int] = mask) -> None:
+                    a.close()
+                    for _, other in children.values():  # or its child never sees EOF
+                        other.close()
+                    os.sched_setaffinity(0, mask)
+                    while msg := b.recv(256):
+                        b.send(msg)
+                _child(echo)
             b.close()
             children[name] = (pid, a)
         msg = b"x" * 100

@@ -61,6 +61,7 @@ import trio
 from _common import BenchError, log, ms, nearest_rank, summary
 
 from fastfaas import _native, errors
+from fastfaas.runtime import policy
 from fastfaas.runtime.runtime import Runtime  # the runtime code is loaded now, not mid-run
 
 BENCH = Path(__file__).resolve().parent
@@ -543,6 +544,9 @@ async def bench_handler(rt: Runtime, cold_rt: Runtime, kind: str, counts: dict[s
             Series(rt, name, "forked", counts["forked"], warmup, to_forked))
     finally:
         rt.spares = spares
+        # Forget the series' forks: the adaptive target would fork ~15 spares at
+        # the next start, whose teardown would overlap the claimed samples.
+        rt._functions[name].sizer = policy.SpareSizer()
     log(f"{kind} forked: {_brief(out['forked'])}")
     await warm_block()
 

@@ -73,10 +73,14 @@ class PreciseTimer:
             self._fd = -1
 
     async def sleep_until(self, t: float) -> None:
-        if self._fd < 0:
+        if self._fd < 0 or not math.isfinite(t):
             await trio.sleep_until(t)
             return
-        _native.arm_timer_at(self._fd, t - self._offset)  # re-arming clears a tick unread
+        when = t - self._offset
+        if when <= time.monotonic():  # already due (and never 0, which disarms)
+            await trio.lowlevel.checkpoint()
+            return
+        _native.arm_timer_at(self._fd, when)  # re-arming clears a tick unread
         await trio.lowlevel.wait_readable(self._fd)
         with contextlib.suppress(BlockingIOError):
             os.read(self._fd, 8)

@@ -1616,8 +1616,9 @@ class Runtime:
                 # Spin only for a lone invocation of a quick handler: with others in
                 # flight their replies and requests arrive meanwhile, and the loop
                 # must run; a slow handler's reply would not come within the spin.
+                # Nor for a start forked with its event (`sent`): a fork takes ms.
                 got = await inst.chan.recv(
-                    self.spin_ns if self._running == 1 and fv.quick else 0)
+                    self.spin_ns if self._running == 1 and fv.quick and not sent else 0)
             except (OSError, wire.FrameError):
                 got = None
         except trio.Cancelled:
@@ -1639,6 +1640,7 @@ class Runtime:
         Awaits (shielded) only when the instance died or left processes behind.
         """
         if inst.timed_out:
+            fv.quick = False
             if got is not None:
                 wire.close_all(got[1])
             self._retire(inst)
@@ -1665,6 +1667,7 @@ class Runtime:
                 elif result.request_id != request_id:
                     bad = _invalid_response("an answer that is not this invocation's")
         if bad is not None or result is None:
+            fv.quick = False  # it died or misbehaved: nothing to poll for next time
             if bad is not None:
                 # Its code wrote on its channel: nothing the instance says can be trusted.
                 inst.kill()
