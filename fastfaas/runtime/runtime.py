@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -727,15 +727,16 @@ class Runtime:
         """Usage recorded before a restart."""
         self._lookup(name, version).usage.extend(samples)
 
-    def take_usage(self) -> list[tuple[str, str, sizing.UsageSample]]:
-        """The samples recorded since the last call (for the registry to keep); the
-        first call starts the keeping."""
+    def take_usage(self) -> Mapping[tuple[str, str], Sequence[sizing.UsageSample]]:
+        """The samples recorded since the last call, per (function, version), for the
+        registry to keep; the first call starts the keeping. Handed over as kept: a
+        row per sample built here, 5,000 at a time under load, set off collections
+        of the young generation that held the event loop 10-14 ms."""
         if self._new_usage is None:
             self._new_usage = {}
-            return []
+            return {}
         pending, self._new_usage = self._new_usage, {}
-        return [(name, version, sample) for (name, version), samples in pending.items()
-                for sample in samples]
+        return pending
 
     async def delete_version(self, name: str, version: str) -> None:
         """Remove one published version; its calls in flight finish."""

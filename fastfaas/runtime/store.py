@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,15 +176,19 @@ class Store:
         return [StoredFunction(name, version, msgspec.json.decode(config, type=FunctionConfig),
                                sha) for name, version, config, sha in rows]
 
-    def add_usage(self, rows: list[tuple[str, str, Any]], keep: int = 2000) -> None:
-        """Usage samples (msgspec structs); each function version keeps its last `keep`."""
-        if not rows:
+    def add_usage(self, batches: Mapping[tuple[str, str], Iterable[Any]],
+                  keep: int = 2000) -> None:
+        """Usage samples (msgspec structs with a `time`) per (function, version); each
+        function version keeps its last `keep`. Rows are made one at a time as SQLite
+        takes them (a list of them all would be a burst of tracked allocations)."""
+        if not batches:
             return
+        rows = ((f, v, sample.time, msgspec.msgpack.encode(sample))
+                for (f, v), samples in batches.items() for sample in samples)
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO usage (function, version, time, sample) VALUES (?, ?, ?, ?)",
-                [(f, v, sample.time, msgspec.msgpack.encode(sample)) for f, v, sample in rows])
-            for f, v in {(f, v) for f, v, _ in rows}:
+                "INSERT INTO usage (function, version, time, sample) VALUES (?, ?, ?, ?)", rows)
+            for f, v in batches:
                 self._db.execute(
                     "DELETE FROM usage WHERE function = ? AND version = ? AND time <"
                     " (SELECT time FROM usage WHERE function = ? AND version = ?"

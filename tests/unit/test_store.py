@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,13 +220,14 @@ def test_usage_is_kept_bounded_per_function_version(tmp_path) -> None:
 
     store = Store(tmp_path / "u.db")
     try:
-        rows = [("f", "$LATEST", UsageSample(float(t), t, t, t, "success", "warm"))
-                for t in range(30)]
-        store.add_usage(rows[:20], keep=10)
-        store.add_usage([*rows[20:], ("g", "1", rows[0][2])], keep=10)
+        samples = [UsageSample(float(t), t, t, t, "success", "warm") for t in range(30)]
+        store.add_usage({("f", "$LATEST"): samples[:20]}, keep=10)
+        # A deque, as the Runtime hands them over, and a second version in one batch.
+        store.add_usage({("f", "$LATEST"): collections.deque(samples[20:]),
+                         ("g", "1"): [samples[0]]}, keep=10)
         kept = store.usage("f", "$LATEST", UsageSample)
         assert [s.time for s in kept] == [float(t) for t in range(20, 30)]
-        assert store.usage("g", "1", UsageSample) == [rows[0][2]]
+        assert store.usage("g", "1", UsageSample) == [samples[0]]
         store.delete_usage("f")
         assert store.usage("f", "$LATEST", UsageSample) == []
     finally:
