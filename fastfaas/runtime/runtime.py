@@ -238,6 +238,7 @@ class Runtime:
         self.spares = spares
         self.cgroup_pool_size = cgroup_pool_size
         self.spin_ns = spin_us * 1000
+        self._defer_spare_fork = True  # (a switch for benchmarks' paired runs)
         self._running = 0  # invocations in flight, all functions
         self.limits = policy.ConcurrencyLimits(concurrency_limit)
         self.affinity_wait_s = affinity_wait_s
@@ -959,6 +960,7 @@ class Runtime:
         fv.in_flight += 1  # counts as busy for the reaper until the finally below
         self._running += 1
         start = "warm"
+        replace_after = False
         frequent = fv.freq.note_call(self._now(), fv.in_flight)
         route = "direct"
         try:
@@ -991,9 +993,14 @@ class Runtime:
                 cpu_base = inst.cpu_base
                 sent = True  # the zygote handed the event to the instance at its fork
             self.counters[start] += 1
-            if start != "warm":  # a new instance was needed: replace it now, size for more
+            if start != "warm":  # a new instance was needed: replace it, size for more
                 fv.sizer.note_new_instance(self._now())
-                self._want_spares(fv)
+                # A taken spare of a quick handler is replaced once its answer is in:
+                # the replacement's fork would otherwise run beside the call.
+                replace_after = (start in ("prewarmed", "forked") and fv.quick
+                                 and self._defer_spare_fork)
+                if not replace_after:
+                    self._want_spares(fv)
             # A new key (or one whose instance died) is this instance's from now, and a
             # call with it meanwhile waits for it; a call that left a busy instance
             # does not take the key from it (that instance holds the key's state).
@@ -1007,6 +1014,8 @@ class Runtime:
             fv.in_flight -= 1
             self._running -= 1
             fv.last_used = self._now()
+            if replace_after:
+                self._want_spares(fv)
             if fv.retired:
                 self._maybe_finish_draining(fv)
 

@@ -220,6 +220,78 @@ async def test_the_server_polls_for_a_reply_only_after_a_quick_handler(
         assert after_quick > 2 * after_slow, (after_quick, after_slow)
 
 
+# Quick unless told to sleep (a slow function: the workload, not a wait for
+# anything) or to wait at the gate.
+QUICK_OR_GATED = """
+import socket, time
+def handler(event, context):
+    time.sleep(event.get("s", 0))
+    if "gate" in event:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(event["gate"])
+        s.sendall(b"in")
+        s.recv(1)
+        s.close()
+    return 1
+"""
+
+
+async def test_a_taken_spare_of_a_quick_handler_is_replaced_once_it_answers(
+        tmp_path, make_function, cgroups_mode) -> None:
+    """The replacement's fork would run beside the call that took the spare; for a
+    handler that answers within the poll window it waits for the answer. A slow
+    handler's spare is replaced at once."""
+    code = make_function(app=QUICK_OR_GATED)
+    # A window of 20 ms: "quick" must not hang on a preemption inside a call of
+    # microseconds (a lone call is polled for that long at the most).
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                warm_pool_size=0, spares=1, spin_us=20_000) as rt:
+        await rt.deploy("q", source=code, handler="app.handler")
+
+        def state() -> dict:
+            return rt.statistics()["functions"]["q"]
+
+        async def until(ready: Callable[[], bool]) -> None:
+            with trio.fail_after(30):
+                while not ready():
+                    await rt.wait_changed()
+
+        def settled() -> bool:  # spares forked (as many as the adaptive target asks)
+            return state()["spawning_spares"] == 0 and state()["instances"]["spare"] >= 1
+
+        assert (await rt.invoke("q", {})).start == "cold"
+        # Warm, so that the handler's own time is what is judged quick (a new
+        # instance's first call also takes its copy-on-write faults).
+        assert (await rt.invoke("q", {})).start == "warm"
+        await until(settled)
+        spares = state()["instances"]["spare"]
+        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+            held = start_invoke(nursery, rt, "q", {"gate": gate.path})  # the warm one
+            await gate.wait_arrivals(1)
+            took = start_invoke(nursery, rt, "q", {"gate": gate.path})  # a spare
+            await gate.wait_arrivals(2)
+            # The spare's call is in its handler: its replacement has not been asked for.
+            assert state()["instances"]["spare"] == spares - 1
+            assert state()["spawning_spares"] == 0
+            await gate.release()
+        assert held[0].start == "warm" and took[0].start == "prewarmed"
+        await until(lambda: settled() and state()["instances"]["spare"] >= spares)
+        # A slow call (longer than the window): the next spare taken is replaced
+        # while its call is still in the handler.
+        assert (await rt.invoke("q", {"s": 0.05})).start == "warm"
+        spares = state()["instances"]["spare"]
+        (tmp_path / "again").mkdir()
+        async with open_gate(tmp_path / "again") as gate, trio.open_nursery() as nursery:
+            warm = [start_invoke(nursery, rt, "q", {"gate": gate.path}) for _ in range(2)]
+            await gate.wait_arrivals(2)
+            took = start_invoke(nursery, rt, "q", {"gate": gate.path})
+            await gate.wait_arrivals(3)
+            await until(lambda: state()["instances"]["spare"] >= spares)
+            await gate.release()
+        assert [w[0].start for w in warm] == ["warm", "warm"]
+        assert took[0].start == "prewarmed"
+
+
 async def test_functions_never_share_a_zygote_or_an_instance(runtime, make_function) -> None:
     code = make_function(app=COUNTER)
     await runtime.deploy("a", source=code, handler="app.handler")
