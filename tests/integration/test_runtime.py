@@ -197,15 +197,16 @@ def handler(event, context):
 
 async def test_the_server_polls_for_a_reply_only_after_a_quick_handler(
         tmp_path, make_function, cgroups_mode) -> None:
-    """A lone invocation is polled for (spin_us) only while its function's last
-    handler returned within the window (and never a start forked with its event):
-    waiting on a slow one costs the server no CPU. The poll is a busy loop, so it
-    shows in the process's CPU time."""
+    """A lone call to a warm instance is polled for (spin_us) only while its
+    function's last warm call returned within the window: waiting on a slow one
+    costs the server no CPU. The poll is a busy loop, so it shows in the
+    process's CPU time."""
     code = make_function(app=NAPPER)
     async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
                                 spin_us=100_000) as rt:
         await rt.deploy("n", source=code, handler="app.handler")
-        await rt.invoke("n", {"s": 0.2})  # a claim: forked with its event, never polled for
+        assert (await rt.invoke("n", {"s": 0.2})).start == "claimed"  # a new instance: polled for
+        assert (await rt.invoke("n", {"s": 0.2})).start == "warm"  # polled for; now known slow
         cpu0 = time.process_time()
         for _ in range(3):
             assert (await rt.invoke("n", {"s": 0.2})).payload == b'{"slept":0.2}'
