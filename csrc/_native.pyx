@@ -136,7 +136,7 @@ def arm_timer_at(int fd, double when):
     A time already past fires at once. Disarming is arming at 0."""
     cdef itimerspec its
     cdef double whole
-    if not (when == when and when < 1e15):  # NaN, infinities, past what time_t holds
+    if not (-1e15 < when < 1e15):  # NaN, infinities, past what time_t holds
         raise ValueError(f"arm_timer_at: {when!r} is not a time")
     its.it_interval.tv_sec = 0
     its.it_interval.tv_nsec = 0

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 import trio
 import trio.testing
 
@@ -258,3 +261,23 @@ async def test_precise_timer_follows_a_mock_clock(autojump_clock: trio.testing.M
         t = trio.current_time() + 30
         await timer.sleep_until(t)
         assert trio.current_time() >= t
+
+
+def test_arm_timer_at_fires_disarms_and_refuses_what_is_not_a_time() -> None:
+    """The timerfd under PreciseTimer: a past time fires at once, 0 disarms (a
+    pending tick is cleared), and NaN or infinity is an error, not a hang."""
+    import select
+
+    fd = _native.monotonic_timer()
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        _native.arm_timer_at(fd, time.monotonic() - 1)
+        assert poller.poll(10_000)  # fired at once (within the poll's 10 s at most)
+        _native.arm_timer_at(fd, 0)  # disarmed: the tick is gone, nothing will come
+        assert poller.poll(0) == []
+        for bad in (math.nan, math.inf, -math.inf, 1e300):
+            with pytest.raises(ValueError, match="not a time"):
+                _native.arm_timer_at(fd, bad)
+    finally:
+        os.close(fd)
