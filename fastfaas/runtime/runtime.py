@@ -146,9 +146,10 @@ class Runtime:
         spares: spare instances each function zygote keeps forked and ready.
         cgroup_pool_size: instance cgroups created ahead of need.
         spin_us: how long to poll for a reply before sleeping, when it is
-            the only invocation in flight, no other task is runnable and the
-            function's last handler took less than that (0: never): a short
-            handler's result then does not wait for an idle CPU to wake.
+            the only invocation in flight and no other task is runnable, and
+            on a warm instance only if the function's last warm call took less
+            than that (0: never): a short handler's result then does not wait
+            for an idle CPU to wake.
         python: the interpreter for the template zygote.
         allow_source_builds: let pip build a bundle's requirements from
             source (runs their build code); by default binary wheels only.
@@ -996,8 +997,9 @@ class Runtime:
             self.counters[start] += 1
             if start != "warm":  # a new instance was needed: replace it, size for more
                 fv.sizer.note_new_instance(self._now())
-                # A taken spare of a quick handler is replaced once its answer is in:
-                # the replacement's fork would otherwise run beside the call.
+                # For a quick function (a spare taken, or one forked on the request
+                # path) the replacement waits for this call's answer: its fork would
+                # otherwise run beside the call on the same two CPUs.
                 replace_after = (start in ("prewarmed", "forked") and fv.quick
                                  and self._defer_spare_fork)
                 if not replace_after:
