@@ -1132,20 +1132,15 @@ class Runtime:
         if refused is not None:
             raise TooManyRequestsError(refused)
         trials: dict[int, list[tuple[int, str | None]]] = {}
-        stopped = ""
         fv.in_flight += 1  # its zygote stays while the tune runs, even if it is replaced
         try:
             for mb in sizes:
                 if fv.retired:
-                    stopped = (f"function {name!r} was changed or deleted during the tune:"
-                               f" {len(trials)} of {len(sizes)} sizes ran")
                     break
                 ids = [self._request_ids.next() for _ in range(runs)]
                 got = await self._run_at_size(fv, raw, ids, mb)
                 self.counters["tune_runs"] += len(got)
                 if len(got) < runs:  # cut short: a partial size would mislead
-                    stopped = (f"function {name!r} was changed or deleted during the tune:"
-                               f" {len(trials)} of {len(sizes)} sizes ran")
                     break
                 trials[mb] = [(r.duration_us, None if r.error is None else r.error.kind)
                               for r in got]
@@ -1154,6 +1149,9 @@ class Runtime:
             self.limits.release(name)
             if fv.retired:
                 self._maybe_finish_draining(fv)
+        stopped = "" if len(trials) == len(sizes) else (
+            f"function {name!r} was changed or deleted during the tune:"
+            f" {len(trials)} of {len(sizes)} sizes ran")
         return msgspec.structs.replace(sizing.tune_report(trials), stopped=stopped)
 
     async def _affinity(self, fv: FunctionVersion, key: str,
@@ -2080,14 +2078,8 @@ class Runtime:
         self._cg_hint = memory_mb
         self._cg_lot.unpark_all()
         try:
-            if match is not None:
-                cg = free.pop(match)
-                try:
-                    self.cgroups.ensure_join_fds(cg)  # a no-op for one from the pool
-                except BaseException:
-                    self.cgroups.destroy(cg)
-                    raise
-                return cg
+            if match is not None:  # sized already, descriptors open: no writes here
+                return self._sized_cgroup(free.pop(match), memory_mb)
             self.counters["cgroup_resized"] += 1
             return await trio.to_thread.run_sync(
                 self._sized_cgroup, free.pop() if free else None, memory_mb)
@@ -2100,7 +2092,8 @@ class Runtime:
             raise
 
     def _sized_cgroup(self, cg: CgroupSet | None, memory_mb: int) -> CgroupSet:
-        """(In a thread.) `cg`, or a new instance cgroup, ready at `memory_mb`."""
+        """`cg`, or a new instance cgroup, ready at `memory_mb` (in a thread when it
+        makes or resizes one; for one of the pool's at that size, a no-op)."""
         if cg is None:
             cg = self.cgroups.new_instance()
         try:

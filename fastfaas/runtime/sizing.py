@@ -121,8 +121,7 @@ def recommend(samples: Iterable[UsageSample], current_mb: int) -> Recommendation
     ooms = sum(1 for s in here if s.outcome == errors.OUT_OF_MEMORY)
     timeouts = sum(1 for s in here if s.outcome == errors.TIMEOUT)
     # CPU evidence holds for the size it was measured at only.
-    ran = [s for s in got if s.duration_us > 0 and s.outcome != errors.OUT_OF_MEMORY
-           and s.memory_mb in (0, current_mb)]
+    ran = [s for s in here if s.duration_us > 0 and s.outcome != errors.OUT_OF_MEMORY]
     share = cpu_share(current_mb)
     busy = [s.cpu_us / (s.duration_us * share) for s in ran]
     evidence: dict[str, float] = {
