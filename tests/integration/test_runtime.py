@@ -204,6 +204,8 @@ async def test_the_server_polls_for_a_reply_only_after_a_quick_handler(
     code = make_function(app=NAPPER)
     async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
                                 spin_us=100_000) as rt:
+        while rt.statistics()["warming_pool"]["ready"] < 1:  # so the first start is a claim
+            await rt.wait_changed()
         await rt.deploy("n", source=code, handler="app.handler")
         assert (await rt.invoke("n", {"s": 0.2})).start == "claimed"  # a new instance: polled for
         assert (await rt.invoke("n", {"s": 0.2})).start == "warm"  # polled for; now known slow
