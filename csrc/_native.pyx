@@ -285,6 +285,31 @@ def read_i64(int fd):
     return v
 
 
+def uuid4_at(bytes pool, Py_ssize_t pos):
+    """A UUID4 string from the 16 random bytes of `pool` at `pos` (version and
+    variant bits set): a request id without a syscall or 20 Python operations."""
+    cdef const unsigned char *b
+    cdef char out[36]
+    cdef unsigned char c
+    cdef int i, j = 0
+    if pos < 0 or pos + 16 > len(pool):
+        raise ValueError(f"16 bytes at {pos} do not fit in a pool of {len(pool)}")
+    b = <const unsigned char *>pool + pos
+    for i in range(16):
+        c = b[i]
+        if i == 6:
+            c = (c & 0x0F) | 0x40
+        elif i == 8:
+            c = (c & 0x3F) | 0x80
+        if i == 4 or i == 6 or i == 8 or i == 10:
+            out[j] = b'-'
+            j += 1
+        out[j] = b"0123456789abcdef"[c >> 4]
+        out[j + 1] = b"0123456789abcdef"[c & 15]
+        j += 2
+    return out[:36].decode("ascii")
+
+
 def read_keyed_i64(int fd, bytes key):
     """The integer after `key` in a keyed cgroup file ('oom_kill 3')."""
     cdef int64_t v = 0

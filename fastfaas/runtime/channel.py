@@ -40,6 +40,12 @@ class AsyncChannel:
     async def send_bytes(self, data: bytes, fds: list[int]) -> None:
         if self.closed:
             raise BrokenPipeError("the channel is closed")
+        if not fds and len(data) <= wire.INLINE_MAX and not self._send_lock.locked():
+            try:  # the invocation path: no descriptors, no ancillary data, no wait
+                self._raw.send(data)
+                return
+            except BlockingIOError:
+                pass
         payload, out_fds, memfd = wire.outgoing(data, fds)
         anc = wire.ancillary(out_fds)
         try:
@@ -126,6 +132,8 @@ class AsyncChannel:
         return None
 
     def _frame(self, n: int, anc: Any, flags: int) -> tuple[bytes, list[int]] | None:
+        if not anc and n > 1 and not flags & wire._TRUNCATED:
+            return bytes(self._view[:n]), []  # the common case: a whole message, inline
         fds = wire.parse_fds(anc)
         if n == 0 and not fds:
             return None

@@ -149,15 +149,11 @@ class ConcurrencyLimits:
         self._reserved: dict[str, int] = {}
         self._in_flight: dict[str, int] = {}
         self._unreserved_in_use = 0
+        self.unreserved = limit  # executions the functions without a reservation share
 
     @property
     def reserved_total(self) -> int:
-        return sum(self._reserved.values())
-
-    @property
-    def unreserved(self) -> int:
-        """Executions the functions without a reservation share."""
-        return self.limit - self.reserved_total
+        return self.limit - self.unreserved
 
     def check_reservation(self, name: str, reserved: int | None) -> str | None:
         """Why `reserved` cannot be given to `name` (None: it can)."""
@@ -182,6 +178,7 @@ class ConcurrencyLimits:
         else:
             self._reserved.pop(name, None)
         now_reserved = name in self._reserved
+        self.unreserved = self.limit - sum(self._reserved.values())
         if was_reserved != now_reserved:  # its calls in flight move between the pools
             self._unreserved_in_use += -in_flight if now_reserved else in_flight
 

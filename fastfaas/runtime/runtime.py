@@ -250,7 +250,7 @@ class Runtime:
                               else int(_machine_memory() * 0.8))
         self._memory_used = 0
         self._measured = trio.Event()
-        self._changed = trio.Event()
+        self._changed: trio.Event | None = None
         self._max_instances = 1_000_000  # from RLIMIT_NOFILE once entered
         self._now: Callable[[], float] = time.monotonic  # trio's clock once entered
         self.python = python
@@ -1305,12 +1305,16 @@ class Runtime:
 
     def _notify(self) -> None:
         """Something observable changed (an instance's state, a function's class)."""
-        self._changed.set()
-        self._changed = trio.Event()
+        changed = self._changed
+        if changed is not None:  # an Event only while someone waits (this runs per call)
+            self._changed = None
+            changed.set()
 
     async def wait_changed(self) -> None:
         """Until the next change of an instance's state or a function's class, or
         a reaper pass: for callers that watch `statistics()` (tests, tools)."""
+        if self._changed is None:
+            self._changed = trio.Event()
         await self._changed.wait()
 
     async def wait_memory_measured(self) -> int:
@@ -1665,7 +1669,8 @@ class Runtime:
         result: wire.Result | None = None
         bad: FunctionError | None = None
         if got is not None:
-            wire.close_all(got[1])
+            if got[1]:
+                wire.close_all(got[1])
             try:
                 result = wire.instance_out.decode(got[0])
             except ValueError as exc:  # msgspec.DecodeError: garbage on its channel
@@ -2270,15 +2275,12 @@ class RequestIds:
         self._pos = 0
 
     def next(self) -> str:
-        if self._pos + 16 > len(self._pool):
+        pos = self._pos
+        if pos + 16 > len(self._pool):
             self._pool = os.urandom(4096)
-            self._pos = 0
-        b = bytearray(self._pool[self._pos : self._pos + 16])
-        self._pos += 16
-        b[6] = (b[6] & 0x0F) | 0x40
-        b[8] = (b[8] & 0x3F) | 0x80
-        h = b.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            pos = 0
+        self._pos = pos + 16
+        return _native.uuid4_at(self._pool, pos)
 
 
 def _retired(fv: FunctionVersion) -> bool:

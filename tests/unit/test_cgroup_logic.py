@@ -1,4 +1,5 @@
-"""Cgroup detection, sizing and file-writing logic, against fake cgroupfs trees.
+"""Cgroup detection, sizing and file-writing logic, against fake cgroupfs trees
+(and the other small helpers of the native extension: request ids).
 
 cgroup v2 is not available on the reference machine; its logic is tested
 here against a directory laid out like one (the kernel behaviour of real v1
@@ -205,3 +206,25 @@ def test_stale_subtrees_of_dead_runtimes_are_removed_and_others_kept(tmp_path: P
         assert sorted(groups.stale_removed) == sorted([str(dead), str(dead_old_name)])
     finally:
         groups.close()
+
+
+def test_request_ids_are_uuid4_strings_of_the_pools_bytes() -> None:
+    import uuid
+
+    from fastfaas.runtime.runtime import RequestIds
+
+    pool = bytes(range(256)) * 2
+    for pos in (0, 16, 100, len(pool) - 16):
+        got = uuid.UUID(_native.uuid4_at(pool, pos))
+        want = bytearray(pool[pos:pos + 16])
+        want[6] = (want[6] & 0x0F) | 0x40
+        want[8] = (want[8] & 0x3F) | 0x80
+        assert got.bytes == bytes(want)
+        assert got.version == 4 and got.variant == uuid.RFC_4122
+    for pos in (-1, len(pool) - 15):
+        with pytest.raises(ValueError, match="do not fit"):
+            _native.uuid4_at(pool, pos)
+    ids = RequestIds()
+    seen = [ids.next() for _ in range(600)]  # past one 4 KB pool of random bytes
+    assert len(set(seen)) == 600
+    assert all(str(uuid.UUID(s)) == s and uuid.UUID(s).version == 4 for s in seen)
