@@ -103,6 +103,11 @@ class Metrics:
                     "generic_zygotes_stopped", "spares_skipped_for_memory"):
             out.append(f'fastfaas_capacity_events_total{{event="{key}"}} '
                        f'{stats.get("counters", {}).get(key, 0)}')
+        family("fastfaas_nowait_calls_total", "counter",
+               "Invocations handed to an idle instance and answered without a task"
+               " (the HTTP front end's fast path).")
+        nowait = stats.get("counters", {}).get("nowait_calls", 0)
+        out.append(f"fastfaas_nowait_calls_total {nowait}")
         family("fastfaas_async_queued", "gauge", "Asynchronous invocations waiting to run.")
         out.append(f"fastfaas_async_queued {queued}")
         family("fastfaas_http_errors_total", "counter", "Platform error responses by status.")

@@ -18,6 +18,7 @@ Routes:
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import time
 import traceback
@@ -41,11 +42,11 @@ from fastfaas.http.lambda_api import LambdaApi
 from fastfaas.http.lambda_api import error_response as lambda_error
 from fastfaas.http.metrics import Metrics
 from fastfaas.http.protocol import Request
-from fastfaas.http.server import JSON, Response, error_response
+from fastfaas.http.server import JSON, Pending, Response, error_response
 from fastfaas.runtime import code as code_bundles
 from fastfaas.runtime import sizing
 from fastfaas.runtime.results import InvocationResult
-from fastfaas.runtime.runtime import LATEST, Runtime
+from fastfaas.runtime.runtime import LATEST, FastCall, Runtime
 from fastfaas.runtime.store import Store, StoredFunction
 
 MAX_DEPLOY_BODY: Final = code_bundles.MAX_ZIP_BYTES * 4 // 3 + (1 << 20)  # base64 in JSON
@@ -155,10 +156,7 @@ class NativeApi:
                 return await self._dispatch(req, {b"GET": self._metrics}, "")
             return self._error(404, "NotFound", f"no route for {req.path!r}")
         except FastfaasError as exc:
-            response = self._error(_STATUS.get(type(exc), 500), exc.code, str(exc))
-            if response.status == 429:
-                response.headers.append((b"retry-after", b"1"))
-            return response
+            return self.fastfaas_error(exc)
         except Exception as exc:  # a bug of ours: answer 500, keep serving everyone else
             traceback.print_exc()
             return self._error(500, "InternalError", f"{type(exc).__name__}: {exc}")
@@ -204,6 +202,32 @@ class NativeApi:
         except FastfaasError as exc:
             self.metrics.record(name, "none", exc.code, (time.perf_counter_ns() - t0) / 1e9)
             raise
+        return self._invoke_response(name, result, t0)
+
+    def fast(self, req: Request) -> Response | Pending | None:
+        """The HTTP server's fast path: a synchronous invocation (RequestResponse,
+        no route key) that an idle instance can take at once, answered without a
+        task (`Runtime.invoke_nowait`). None: `__call__` answers it, with every
+        check and error as ever."""
+        path = req.path
+        if (req.method != b"POST" or not path.startswith("/v1/functions/")
+                or not path.endswith("/invoke")):
+            return None
+        headers = req.headers
+        if self._expected_auth is not None and not hmac.compare_digest(
+                headers.get(b"authorization", b""), self._expected_auth):
+            return None
+        if (headers.get(b"x-fastfaas-invocation-type", b"RequestResponse") != b"RequestResponse"
+                or b"x-fastfaas-route-key" in headers):
+            return None
+        parts = path.split("/")
+        if len(parts) != 5:
+            return None
+        t0 = time.perf_counter_ns()
+        call = self.runtime.invoke_nowait(parts[3], req.body or b"{}")
+        return None if call is None else _FastInvoke(self, call, parts[3], t0)
+
+    def _invoke_response(self, name: str, result: InvocationResult, t0: int) -> Response:
         server_ns = time.perf_counter_ns() - t0
         error = result.error
         self.metrics.record(name, result.start, "success" if error is None else error.kind,
@@ -224,6 +248,13 @@ class NativeApi:
         if result.escalated_mb:
             headers.append((b"x-fastfaas-escalated", b"%d" % result.escalated_mb))
         return Response(200, result.payload, headers)
+
+    def fastfaas_error(self, exc: FastfaasError) -> Response:
+        """A platform error as `__call__` answers it."""
+        response = self._error(_STATUS.get(type(exc), 500), exc.code, str(exc))
+        if response.status == 429:
+            response.headers.append((b"retry-after", b"1"))
+        return response
 
     def _invoke_other(self, kind: bytes, name: str, body: bytes,
                       version: str = LATEST) -> Response:
@@ -471,3 +502,33 @@ def _check_fields(fields: dict[str, Any]) -> None:
         raise InvalidRequestError(
             f"unknown configuration field(s) {', '.join(map(repr, unknown))}; known:"
             f" {', '.join(sorted(CONFIG_FIELDS))}")
+
+
+class _FastInvoke:
+    """A warm invocation in flight on the fast path, as the HTTP server's Pending."""
+
+    __slots__ = ("api", "call", "fd", "name", "t0")
+
+    def __init__(self, api: NativeApi, call: FastCall, name: str, t0: int) -> None:
+        self.api = api
+        self.call = call
+        self.fd = call.fd
+        self.name = name
+        self.t0 = t0
+
+    def step(self) -> Response | Callable[[], Awaitable[Response]] | None:
+        out = self.call.step()
+        if out is None:
+            return None
+        if isinstance(out, InvocationResult):
+            return self.api._invoke_response(self.name, out, self.t0)
+        return functools.partial(self._later, out)
+
+    async def _later(self, out: Callable[[], Awaitable[InvocationResult]]) -> Response:
+        try:
+            result = await out()
+        except FastfaasError as exc:
+            self.api.metrics.record(self.name, "none", exc.code,
+                                    (time.perf_counter_ns() - self.t0) / 1e9)
+            return self.api.fastfaas_error(exc)
+        return self.api._invoke_response(self.name, result, self.t0)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import math
+import select
 import socket
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 import trio
@@ -70,39 +72,81 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 1024
 
 
+class Pending(Protocol):
+    """A request the fast path has started and not finished: `fd` becomes
+    readable when it may have progressed; `step()` then gives None (not yet),
+    the Response, or an async function whose result is the Response (the rest
+    needs a task). `step()` is also called once at first."""
+
+    fd: int
+
+    def step(self) -> Response | Callable[[], Awaitable[Response]] | None: ...
+
+
+# Answers a request without a task when it can: a Response, a Pending, or None
+# (the App then answers it, in a task).
+Fast = Callable[[Request], "Response | Pending | None"]
+
+
 class _Conn:
-    """One connection's socket and timers. `deadline` is checked by the sweeper."""
+    """One connection: its socket, parser, deadlines and who holds it now.
 
-    __slots__ = ("deadline", "idle", "scope", "sock", "timed_out", "writing")
+    Between requests, and while a request's bytes arrive, a connection is the
+    pump's: its descriptor is in the server's epoll set and no task waits for
+    it. A task holds it (`task`) only while an App runs for it or a write must
+    wait; a fast-path request in flight holds it as `pending`.
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("closed", "deadline", "error", "fd", "header_deadline", "idle",
+                 "idle_deadline", "parser", "pending", "request", "scope", "seen", "sock",
+                 "task", "timed_out", "writing")
+
+    def __init__(self, sock: socket.socket, parser: ServerConnection, now: float,
+                 keepalive_s: float) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
+        self.parser = parser
+        self.idle_deadline = now + keepalive_s
+        self.header_deadline = math.inf
+        self.seen = 0  # parser.requests_begun when header_deadline was set
+        self.error: ProtocolError | None = None
         self.deadline = math.inf
         self.idle = True
         self.scope = trio.CancelScope()
         self.timed_out = False
         self.writing = False
+        self.task = False
+        self.pending: Pending | None = None
+        self.request: Request | None = None
+        self.closed = False
 
 
 class HttpServer:
     """Serve an App on listeners until `close()`; then finish what is in flight.
 
-    Connections use their sockets directly (non-blocking calls, waiting in
-    trio only when a call would block) and one sweeper task enforces the
-    timeouts: no cancel scope or scheduler round trip per request.
+    Connections use their sockets directly (non-blocking calls). One pump task
+    waits on an epoll set of every connection that waits for bytes and every
+    fast-path request in flight, and serves what is ready without a task per
+    connection or per request; an App runs in a task of its own, and so does
+    a write that must wait. One sweeper task enforces the timeouts: no cancel
+    scope or scheduler round trip per request.
 
     Args:
         app: answers one request.
         body_limit: the largest body for (method, path); larger is 413.
         limits: timeouts and sizes.
+        fast: answers a request without a task when it can (see `Fast`).
     """
 
-    def __init__(self, app: App, body_limit: BodyLimit, limits: Limits | None = None) -> None:
+    def __init__(self, app: App, body_limit: BodyLimit, limits: Limits | None = None,
+                 fast: Fast | None = None) -> None:
         self.app = app
+        self.fast = fast
         self.body_limit = body_limit
         self.limits = limits or Limits()
         self.closing = False
         self.requests = 0
+        self.fast_requests = 0  # answered without a task
         self._in_flight = 0
         self._conns: set[_Conn] = set()
         self._no_conns = trio.Event()
@@ -113,6 +157,9 @@ class HttpServer:
                        self.limits.keepalive_timeout_s)
         self._sweep_every = min(1.0, shortest / 8)
         self._now: Callable[[], float] = trio.current_time
+        self._ep: select.epoll | None = None
+        self._watch: dict[int, _Conn] = {}  # descriptor in the epoll set -> its connection
+        self._nursery: trio.Nursery | None = None
 
     @property
     def connections(self) -> int:
@@ -126,44 +173,87 @@ class HttpServer:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept on the listeners until close(); returns when every connection is done."""
         self._now = trio.lowlevel.current_clock().current_time  # one call, not three
-        async with trio.open_nursery() as conns:
-            sweeper = trio.CancelScope()
-            conns.start_soon(self._sweep, sweeper)
-            try:
-                with trio.CancelScope() as self._accept_scope:
-                    async with trio.open_nursery() as accepters:
+        self._ep = select.epoll()
+        try:
+            async with trio.open_nursery() as conns:
+                self._nursery = conns
+                sweeper, pump = trio.CancelScope(), trio.CancelScope()
+                conns.start_soon(self._sweep, sweeper)
+                conns.start_soon(self._pump, pump)
+                try:
+                    with trio.CancelScope() as self._accept_scope:
+                        async with trio.open_nursery() as accepters:
+                            for listener in listeners:
+                                accepters.start_soon(self._accept, listener)
+                            task_status.started()
+                finally:
+                    with trio.CancelScope(shield=True):
                         for listener in listeners:
-                            accepters.start_soon(self._accept, listener, conns)
-                        task_status.started()
-            finally:
-                with trio.CancelScope(shield=True):
-                    for listener in listeners:
-                        await listener.aclose()
-            while self._conns:
-                self._no_conns = trio.Event()
-                await self._no_conns.wait()
-            sweeper.cancel()
+                            await listener.aclose()
+                while self._conns:
+                    self._no_conns = trio.Event()
+                    await self._no_conns.wait()
+                sweeper.cancel()
+                pump.cancel()
+        finally:
+            self._nursery = None
+            for conn in list(self._conns):  # only when serve() itself was cancelled
+                self._close(conn)
+            with contextlib.suppress(RuntimeError):
+                trio.lowlevel.notify_closing(self._ep.fileno())
+            self._ep.close()
 
     def close(self) -> None:
         """Stop accepting; idle connections close, busy ones close after their response."""
         self.closing = True
         if self._accept_scope is not None:
             self._accept_scope.cancel()
-        for conn in self._conns:
+        for conn in list(self._conns):
             if conn.idle:
-                conn.scope.cancel()
+                if conn.task:
+                    conn.scope.cancel()
+                elif conn.pending is None:
+                    self._close(conn)
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         with scope:
             while True:
                 await trio.sleep(self._sweep_every)
                 now = self._now()
-                for conn in self._conns:
+                for conn in list(self._conns):
                     if conn.deadline <= now:
                         conn.timed_out = True
-                        conn.scope.cancel()
+                        if conn.task:
+                            conn.scope.cancel()
+                        elif conn.pending is None:  # the pump's, waiting for bytes
+                            if not conn.idle:
+                                self._say_now(conn, 408, "RequestTimeout",
+                                              "the request did not arrive in time")
+                            self._close(conn)
 
-    async def _accept(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
+    async def _pump(self, scope: trio.CancelScope) -> None:
+        ep = self._ep
+        assert ep is not None
+        watch = self._watch
+        with scope:
+            while True:
+                await trio.lowlevel.wait_readable(ep.fileno())
+                for fd, _ in ep.poll(0, 256):
+                    conn = watch.pop(fd, None)
+                    if conn is None or conn.closed:
+                        continue
+                    try:
+                        if conn.pending is not None:
+                            if conn.pending.fd == fd and self._advance(conn):
+                                self._serve_ready(conn)
+                        elif fd == conn.fd and not conn.task:
+                            self._serve_ready(conn)
+                    except Exception:  # a bug of ours: this connection goes, the server stays
+                        traceback.print_exc()
+                        self._close(conn)
+
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        assert self._ep is not None
         while True:
             await self._slots.acquire()
             try:
@@ -192,104 +282,289 @@ class HttpServer:
                 self._slots.release()
                 raise
             sock.setblocking(False)
-            conns.start_soon(self._serve_connection, _Conn(sock))
+            limits = self.limits
+            conn = _Conn(sock, ServerConnection(self.body_limit, limits.max_header_bytes),
+                         self._now(), limits.keepalive_timeout_s)
+            self._conns.add(conn)
+            self._ep.register(conn.fd, 0)
+            try:
+                self._serve_ready(conn)
+            except Exception:
+                traceback.print_exc()
+                self._close(conn)
 
-    async def _serve_connection(self, conn: _Conn) -> None:
-        self._conns.add(conn)
+    # --- the pump's side: no waiting -------------------------------------------------
+
+    def _arm(self, fd: int, conn: _Conn) -> None:
+        """Wake the pump for `conn` once `fd` is readable."""
+        assert self._ep is not None
+        self._watch[fd] = conn
         try:
-            with conn.scope:
-                await self._connection(conn)
-            if conn.timed_out and not conn.idle and not conn.writing:
-                await self._send_error(conn.sock, 408, "RequestTimeout",
-                                       "the request did not arrive in time")
-        except OSError:
-            pass  # the peer went away; an invocation it started still ran to its end
-        finally:
-            self._slots.release()
-            self._conns.discard(conn)
-            if not self._conns:
-                self._no_conns.set()
-            with contextlib.suppress(RuntimeError):
-                trio.lowlevel.notify_closing(conn.sock)
-            conn.sock.close()
+            self._ep.modify(fd, _ONE_READ)
+        except FileNotFoundError:  # a descriptor not (or no longer) in the set
+            self._ep.register(fd, _ONE_READ)
 
-    async def _connection(self, conn: _Conn) -> None:
+    def _serve_ready(self, conn: _Conn) -> None:
+        """Read, parse and answer what `conn` has, until it must wait: then the
+        pump watches it, or a task has it."""
         limits = self.limits
         sock = conn.sock
-        parser = ServerConnection(self.body_limit, limits.max_header_bytes)
-        idle_deadline = self._now() + limits.keepalive_timeout_s
-        header_deadline = math.inf
-        seen = 0  # parser.requests_begun when header_deadline was set
-        error: ProtocolError | None = None
+        parser = conn.parser
         while True:
             request = parser.next_request()
             if request is None:
-                if error is not None:  # after answering the requests before it
+                if conn.error is not None:  # after answering the requests before it
+                    error = conn.error
                     code = "RequestTooLarge" if error.status == 413 else "BadRequest"
-                    await self._send_error(sock, error.status, code, error.message)
+                    self._spawn(conn, functools.partial(self._say, conn, error.status, code,
+                                                        error.message))
                     return
                 if parser.closed or (self.closing and not parser.in_request):
+                    self._close(conn)
                     return
-                if parser.requests_begun != seen:
-                    seen = parser.requests_begun
-                    header_deadline = self._now() + limits.header_timeout_s
+                if parser.requests_begun != conn.seen:
+                    conn.seen = parser.requests_begun
+                    conn.header_deadline = self._now() + limits.header_timeout_s
                 conn.idle = not parser.in_request
                 if conn.idle:
-                    conn.deadline = idle_deadline
+                    conn.deadline = conn.idle_deadline
                 elif not parser.headers_done:
-                    conn.deadline = header_deadline  # from the request's first byte
+                    conn.deadline = conn.header_deadline  # from the request's first byte
                 else:
                     conn.deadline = self._now() + limits.body_timeout_s
                 try:
                     data = sock.recv(RECEIVE_BYTES)
                 except BlockingIOError:
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
+                    self._arm(conn.fd, conn)
+                    return
+                except OSError:
+                    self._close(conn)
+                    return
                 try:
                     parser.receive_data(data)
                 except ProtocolError as exc:
-                    error = exc
+                    conn.error = exc
                 interim = parser.data_to_send()
-                if interim and error is None:
-                    await send_all(sock, interim)
+                if interim and conn.error is None and not self._send_now(conn, interim):
+                    return
                 continue
             conn.idle = False
             conn.deadline = math.inf  # the app's time is not the client's
             self._in_flight += 1
-            try:
-                response = await self.app(request)
-            except Exception as exc:  # the app's bug: this request fails, not the server
-                traceback.print_exc()
-                response = error_response(500, "InternalError", f"{type(exc).__name__}: {exc}")
-            finally:
-                self._in_flight -= 1
-                self.requests += 1
-            keep_alive = request.keep_alive and not self.closing
-            conn.writing = True  # a client that does not read is timed out, not answered
-            conn.deadline = self._now() + limits.body_timeout_s
-            await send_all(sock, encode_response(response.status, response.headers,
-                                                  response.body, keep_alive,
-                                                  head=request.method == b"HEAD"))
-            conn.writing = False
-            if not keep_alive:
+            answer: Response | Pending | None = None
+            if self.fast is not None:
+                try:
+                    answer = self.fast(request)
+                except Exception as exc:
+                    answer = _bug(exc)
+            if answer is None:
+                self._spawn(conn, functools.partial(self._run_app, conn, request))
                 return
-            now = self._now()
-            idle_deadline = now + limits.keepalive_timeout_s
-            if parser.in_request:  # the next request began meanwhile: its time starts now
-                seen = parser.requests_begun
-                header_deadline = now + limits.header_timeout_s
+            self.fast_requests += 1
+            if isinstance(answer, Response):
+                if not self._respond_now(conn, request, answer):
+                    return
+                continue
+            conn.pending, conn.request = answer, request
+            if not self._advance(conn):
+                return
 
-    async def _send_error(self, sock: socket.socket, status: int, code: str,
-                          message: str) -> None:
-        response = error_response(status, code, message)
-        if status == 413:
-            # Refused before any app saw the request: say it in Lambda's words too,
-            # so that boto3 raises RequestTooLargeException (the body's `message`
-            # is what botocore reads).
-            response.headers.append((b"x-amzn-errortype", b"RequestTooLargeException"))
+    def _advance(self, conn: _Conn) -> bool:
+        """Step the fast-path request in flight; True once answered and `conn` may go on."""
+        pending, request = conn.pending, conn.request
+        assert pending is not None and request is not None
+        try:
+            out = pending.step()
+        except Exception as exc:
+            out = _bug(exc)
+        if out is None:
+            self._arm(pending.fd, conn)
+            return False
+        conn.pending = conn.request = None
+        if isinstance(out, Response):
+            return self._respond_now(conn, request, out)
+        self._spawn(conn, functools.partial(self._run_later, conn, request, out))
+        return False
+
+    def _respond_now(self, conn: _Conn, request: Request, response: Response) -> bool:
+        """Send the response if the socket takes it all at once (a task sends the
+        rest otherwise); True when `conn` may go on with its next request."""
+        self._in_flight -= 1
+        self.requests += 1
+        keep_alive = request.keep_alive and not self.closing
+        data = encode_response(response.status, response.headers, response.body, keep_alive,
+                               head=request.method == b"HEAD")
+        try:
+            sent = conn.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(conn)  # the peer went away; the call it started ran to its end
+            return False
+        if sent < len(data):
+            self._spawn(conn, functools.partial(self._write, conn, data[sent:], keep_alive))
+            return False
+        return self._responded(conn, keep_alive)
+
+    def _responded(self, conn: _Conn, keep_alive: bool) -> bool:
+        conn.writing = False
+        if not keep_alive:
+            self._close(conn)
+            return False
+        now = self._now()
+        conn.idle_deadline = now + self.limits.keepalive_timeout_s
+        if conn.parser.in_request:  # the next request began meanwhile: its time starts now
+            conn.seen = conn.parser.requests_begun
+            conn.header_deadline = now + self.limits.header_timeout_s
+        return True
+
+    def _send_now(self, conn: _Conn, data: bytes) -> bool:
+        """Interim bytes (100 Continue); False when a task finishes sending them."""
+        try:
+            sent = conn.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return False
+        if sent < len(data):
+            self._spawn(conn, functools.partial(self._send_rest, conn, data[sent:]))
+            return False
+        return True
+
+    def _say_now(self, conn: _Conn, status: int, code: str, message: str) -> None:
+        """An error response, if the socket takes it at once (the connection then closes)."""
+        with contextlib.suppress(OSError):
+            conn.sock.send(_error_bytes(status, code, message))
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.pending is not None:  # never left unanswered: its call runs to its end
+            if self._nursery is not None:
+                self._nursery.start_soon(_drain, conn.pending)
+            conn.pending = None
+            self._in_flight -= 1
+        if self._watch.get(conn.fd) is conn:
+            del self._watch[conn.fd]
+        if self._ep is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._ep.unregister(conn.fd)
+        with contextlib.suppress(RuntimeError):
+            trio.lowlevel.notify_closing(conn.sock)
+        conn.sock.close()
+        self._slots.release()
+        self._conns.discard(conn)
+        if not self._conns:
+            self._no_conns.set()
+
+    # --- tasks: when something must wait -------------------------------------------------
+
+    def _spawn(self, conn: _Conn, work: Callable[[], Awaitable[bool]]) -> None:
+        assert self._nursery is not None
+        conn.task = True
+        conn.scope = trio.CancelScope()
+        self._nursery.start_soon(self._hold, conn, work)
+
+    async def _hold(self, conn: _Conn, work: Callable[[], Awaitable[bool]]) -> None:
+        """Run `work` for `conn`; then the pump has it again (True) or it closes."""
+        go_on = False
+        try:
+            with conn.scope:
+                go_on = await work()
+            if conn.timed_out and not conn.idle and not conn.writing:
+                await self._say(conn, 408, "RequestTimeout", "the request did not arrive in time")
+                go_on = False
+        except OSError:
+            go_on = False  # the peer went away; an invocation it started still ran to its end
+        finally:
+            conn.task = False
+            if not go_on or conn.timed_out:
+                self._close(conn)
+        if conn.closed:
+            return
+        try:
+            self._serve_ready(conn)
+        except Exception:
+            traceback.print_exc()
+            self._close(conn)
+
+    async def _run_app(self, conn: _Conn, request: Request) -> bool:
+        try:
+            response = await self.app(request)
+        except Exception as exc:  # the app's bug: this request fails, not the server
+            response = _bug(exc)
+        except BaseException:
+            self._in_flight -= 1
+            raise
+        return await self._respond(conn, request, response)
+
+    async def _run_later(self, conn: _Conn, request: Request,
+                         later: Callable[[], Awaitable[Response]]) -> bool:
+        try:
+            response = await later()
+        except Exception as exc:
+            response = _bug(exc)
+        except BaseException:
+            self._in_flight -= 1
+            raise
+        return await self._respond(conn, request, response)
+
+    async def _respond(self, conn: _Conn, request: Request, response: Response) -> bool:
+        self._in_flight -= 1
+        self.requests += 1
+        keep_alive = request.keep_alive and not self.closing
+        data = encode_response(response.status, response.headers, response.body, keep_alive,
+                               head=request.method == b"HEAD")
+        return await self._write(conn, data, keep_alive)
+
+    async def _write(self, conn: _Conn, data: bytes, keep_alive: bool) -> bool:
+        conn.writing = True  # a client that does not read is timed out, not answered
+        conn.deadline = self._now() + self.limits.body_timeout_s
+        await send_all(conn.sock, data)
+        return self._responded(conn, keep_alive)
+
+    async def _send_rest(self, conn: _Conn, data: bytes) -> bool:
+        await send_all(conn.sock, data)
+        return True
+
+    async def _say(self, conn: _Conn, status: int, code: str, message: str) -> bool:
+        """An error response, then the connection closes."""
         with contextlib.suppress(OSError), trio.move_on_after(5):
-            await send_all(sock, encode_response(status, response.headers, response.body,
-                                                  keep_alive=False))
+            await send_all(conn.sock, _error_bytes(status, code, message))
+        return False
+
+
+_ONE_READ: Final = select.EPOLLIN | select.EPOLLONESHOT
+
+
+def _bug(exc: Exception) -> Response:
+    traceback.print_exc()
+    return error_response(500, "InternalError", f"{type(exc).__name__}: {exc}")
+
+
+def _error_bytes(status: int, code: str, message: str) -> bytes:
+    response = error_response(status, code, message)
+    if status == 413:
+        # Refused before any app saw the request: say it in Lambda's words too,
+        # so that boto3 raises RequestTooLargeException (the body's `message`
+        # is what botocore reads).
+        response.headers.append((b"x-amzn-errortype", b"RequestTooLargeException"))
+    return encode_response(status, response.headers, response.body, keep_alive=False)
+
+
+async def _drain(pending: Pending) -> None:
+    """A fast-path request whose connection went: finish it, drop its answer."""
+    with contextlib.suppress(Exception):
+        while True:
+            out = pending.step()
+            if isinstance(out, Response):
+                return
+            if out is not None:
+                await out()
+                return
+            await trio.lowlevel.wait_readable(pending.fd)
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:

@@ -67,6 +67,39 @@ class AsyncChannel:
             if memfd >= 0:
                 os.close(memfd)
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Send a message that needs no descriptor, if it can go at once; False
+        when it cannot (too large to go inline, the buffer full, the peer gone,
+        another send waiting): `send_bytes` then sends it, or reports why not."""
+        if self.closed or len(data) > wire.INLINE_MAX or self._send_lock.locked():
+            return False
+        try:
+            self._raw.send(data)
+        except OSError:
+            return False
+        return True
+
+    def recv_nowait(self, spin_ns: int = 0) -> tuple[bytes, list[int]] | None:
+        """`recv` without waiting (after polling for up to `spin_ns`, as `recv`
+        does): one frame, or None at EOF or a reset.
+
+        Raises BlockingIOError when nothing has arrived, wire.FrameError for a
+        malformed frame.
+        """
+        if self.closed:
+            return None
+        if spin_ns:
+            got = self._spin(spin_ns)
+            if got is not None:
+                return self._frame(*got)
+        try:
+            n, anc, flags, _ = self._raw.recvmsg_into(
+                [self._view], wire._CMSG_SPACE, wire.RECV_FLAGS
+            )
+        except (ConnectionResetError, BrokenPipeError):
+            return None
+        return self._frame(n, anc, flags)
+
     async def _wait(self, wait: Any) -> None:
         if self.closed:
             raise BrokenPipeError("the channel is closed")

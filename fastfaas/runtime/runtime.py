@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import itertools
 import math
 import os
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -909,28 +910,104 @@ class Runtime:
             self.counters["throttled"] += 1
             fv.throttled += 1
             raise TooManyRequestsError(refused)
+        return await self._invoke_acquired(fv, raw, request_id, route_key, route_wait)
+
+    async def _invoke_acquired(self, fv: FunctionVersion, raw: bytes, request_id: str,
+                               route_key: str | None = None, route_wait: bool = True,
+                               attempts: int = 3) -> InvocationResult:
+        """`invoke` once its concurrency is taken (released here, whatever happens)."""
         try:
-            for _attempt in range(3):
+            for _attempt in range(attempts):
                 try:
                     result = await self._invoke_once(fv, raw, request_id, route_key,
                                                      route_wait)
-                    size = self._escalation_size(fv, result)
-                    if size:
-                        self._log(fv, result)  # the OutOfMemory feeds the sizing too
-                        result = await self._invoke_escalated(fv, raw, request_id, size,
-                                                              result)
+                    result = await self._escalate_if_needed(fv, raw, request_id, result)
                 except _Retry:
                     # The event reached no handler (its instance or zygote was already
                     # dead): another instance gets it.
                     self.counters["retries"] += 1
                     continue
-                self._log(fv, result)
-                if fv.config.auto_size and fv.auto_count >= self.auto_size_after:
-                    self._auto_size(fv)
-                return result
+                return self._done(fv, result)
         finally:
-            self.limits.release(name)
+            self.limits.release(fv.name)
         raise ZygoteError(f"function {fv.name}: no live instance could take the invocation")
+
+    async def _escalate_if_needed(self, fv: FunctionVersion, raw: bytes, request_id: str,
+                                  result: InvocationResult) -> InvocationResult:
+        size = self._escalation_size(fv, result)
+        if not size:
+            return result
+        self._log(fv, result)  # the OutOfMemory feeds the sizing too
+        return await self._invoke_escalated(fv, raw, request_id, size, result)
+
+    def _done(self, fv: FunctionVersion, result: InvocationResult) -> InvocationResult:
+        """An invocation's result, logged (and the function auto-sized if it is due)."""
+        self._log(fv, result)
+        if fv.config.auto_size and fv.auto_count >= self.auto_size_after:
+            self._auto_size(fv)
+        return result
+
+    def invoke_nowait(self, name: str, payload: bytes) -> FastCall | None:
+        """Hand an event to an idle instance of `name` ($LATEST) without waiting:
+        the HTTP front end's way of serving warm calls without a task per call.
+
+        Returns a FastCall, whose `fd` becomes readable when the instance has
+        answered (then `step()`), or None when this call needs anything more
+        than an idle instance and a send (a new instance, a route key, a
+        concurrency refusal, an invalid event, a closed runtime...): `invoke`
+        then does it all, with the same errors as ever. None has no side effect.
+        """
+        if not self._open or self._closing:
+            return None
+        fv = self._functions.get(name)
+        if fv is None or ":" in name or len(payload) > wire.MAX_PAYLOAD:
+            return None
+        try:
+            msgspec.json.decode(payload)
+        except ValueError:  # invoke says why
+            return None
+        if self.limits.try_acquire(name, fv.config.max_concurrency) is not None:
+            return None  # invoke refuses it, and counts the refusal
+        got = self.table.acquire(fv.slot)
+        if got is None:
+            self.limits.release(name)
+            return None
+        inst = fv.instances[got[0]]
+        start = "prewarmed" if got[1] == _native.KIND_SPARE else "warm"
+        fv.in_flight += 1
+        self._running += 1
+        fv.freq.note_call(self._now(), fv.in_flight)
+        request_id = self._request_ids.next()
+        invocation = self._invocation(fv, payload, request_id)
+        cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup is not None else 0
+        replace_after = False
+        self.counters[start] += 1
+        self.counters["nowait_calls"] += 1
+        if start != "warm":
+            fv.sizer.note_new_instance(self._now())
+            replace_after = fv.quick and self._defer_spare_fork
+            if not replace_after:
+                self._want_spares(fv)
+        assert inst.chan is not None
+        call = FastCall(self, fv, inst, start, request_id, payload, cpu_base, replace_after)
+        if inst.chan.send_nowait(invocation.data):
+            call.entry = self._deadlines.push(invocation.deadline, inst)
+            if invocation.deadline < self._watching_until:
+                self._deadline_lot.unpark_all()
+        else:  # dead, or its buffer full: invoke's own path sends it (or retries)
+            call.later = functools.partial(self._run, fv, inst, start, request_id, invocation,
+                                           cpu_base, False)
+        return call
+
+    def _call_done(self, fv: FunctionVersion, replace_after: bool) -> None:
+        """What every call does at its end, however it ended (`_invoke_once`'s finally)."""
+        fv.in_flight -= 1
+        self._running -= 1
+        fv.last_used = self._now()
+        if replace_after:
+            self._want_spares(fv)
+        if fv.retired:
+            self._maybe_finish_draining(fv)
 
     def _log(self, fv: FunctionVersion, result: InvocationResult) -> None:
         name = fv.name
@@ -1014,13 +1091,7 @@ class Runtime:
                 return result
             return msgspec.structs.replace(result, affinity=affinity, route=route)
         finally:
-            fv.in_flight -= 1
-            self._running -= 1
-            fv.last_used = self._now()
-            if replace_after:
-                self._want_spares(fv)
-            if fv.retired:
-                self._maybe_finish_draining(fv)
+            self._call_done(fv, replace_after)
 
     def _escalation_size(self, fv: FunctionVersion, result: InvocationResult) -> int:
         """escalate_on_oom: the next size up (doubling, up to max_memory_mb or 10240)
@@ -1655,6 +1726,14 @@ class Runtime:
 
         Awaits (shielded) only when the instance died or left processes behind.
         """
+        done = self._finish_now(fv, inst, start, request_id, got, cpu_base)
+        return done if isinstance(done, InvocationResult) else await done()
+
+    def _finish_now(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                    request_id: str, got: tuple[bytes, list[int]] | None,
+                    cpu_base: int) -> InvocationResult | Callable[[], Awaitable[InvocationResult]]:
+        """`_finish` without waiting: the result, or when the instance died or left
+        processes behind, what to await for it (shielded from cancellation)."""
         if inst.timed_out:
             fv.quick = False
             if got is not None:
@@ -1688,17 +1767,34 @@ class Runtime:
             if bad is not None:
                 # Its code wrote on its channel: nothing the instance says can be trusted.
                 inst.kill()
-            with trio.CancelScope(shield=True):
-                died = await self._instance_died(inst, start, request_id, bad)
+
+            async def died() -> InvocationResult:
+                with trio.CancelScope(shield=True):
+                    result = await self._instance_died(inst, start, request_id, bad)
+                return result
+
             return died
         cg = inst.cgroup
         if cg is not None:
             peak, cpu_ns, tasks, held_ns = self.cgroups.end(cg, cpu_base)
             if tasks > 1:
-                with trio.CancelScope(shield=True):
-                    await self._kill_leftovers(inst)
+                answer = result
+
+                async def leftovers() -> InvocationResult:
+                    with trio.CancelScope(shield=True):
+                        await self._kill_leftovers(inst)
+                    return self._answered(fv, inst, start, request_id, answer, peak, cpu_ns,
+                                          held_ns)
+
+                return leftovers
         else:
             peak, cpu_ns, held_ns = result.max_rss_kb * 1024, result.cpu_ns, 0
+        return self._answered(fv, inst, start, request_id, result, peak, cpu_ns, held_ns)
+
+    def _answered(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                  request_id: str, result: wire.Result, peak: int, cpu_ns: int,
+                  held_ns: int) -> InvocationResult:
+        """An instance's answer as an InvocationResult; the instance put back or retired."""
         if fv.retired or inst.dead:
             self._retire(inst)
         elif inst.one_off:
@@ -2228,6 +2324,97 @@ class Runtime:
         for fv in [*self._functions.values(), *self._draining]:
             out += [i.proc.pid for i in fv.instances.values() if i.proc is not None]
         return out
+
+
+class FastCall:
+    """A warm call handed to its instance by `Runtime.invoke_nowait`, not waited for.
+
+    The caller watches `fd` (the instance's channel) and calls `step()` when it
+    is readable (and once at first: a quick handler may have answered already):
+
+    - None: no answer yet; wait for `fd` again;
+    - an InvocationResult: the call is over, as `invoke` would have ended it;
+    - an async function: the rest needs waiting (the instance died or left
+      processes behind, an OutOfMemory to run again larger, an event that
+      could not be sent at once); awaiting it gives the result.
+
+    Exactly one of the last two comes, once. No cancellation: as for an
+    abandoned `invoke`, a call handed to an instance runs to its end.
+    """
+
+    __slots__ = ("_spin", "cpu_base", "entry", "fd", "fv", "inst", "later", "payload",
+                 "replace_after", "request_id", "rt", "start")
+
+    def __init__(self, rt: Runtime, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                 request_id: str, payload: bytes, cpu_base: int, replace_after: bool) -> None:
+        assert inst.chan is not None
+        self.rt = rt
+        self.fv = fv
+        self.inst = inst
+        self.start = start
+        self.request_id = request_id
+        self.payload = payload
+        self.cpu_base = cpu_base
+        self.replace_after = replace_after
+        self.fd = inst.chan.fd
+        self.entry: Deadline | None = None
+        self.later: Callable[[], Awaitable[InvocationResult]] | None = None
+        # Poll at first as `_run` does: for a lone call of a quick function, or a spare's.
+        self._spin = rt.spin_ns if rt._running == 1 and (fv.quick or start != "warm") else 0
+
+    def step(self) -> InvocationResult | Callable[[], Awaitable[InvocationResult]] | None:
+        rt = self.rt
+        if self.later is not None:
+            return self._rest
+        chan = self.inst.chan
+        assert chan is not None
+        spin, self._spin = self._spin, 0
+        try:
+            got = chan.recv_nowait(spin)
+        except BlockingIOError:
+            return None
+        except (OSError, wire.FrameError):
+            got = None
+        assert self.entry is not None
+        self.entry.finish()
+        done = rt._finish_now(self.fv, self.inst, self.start, self.request_id, got,
+                              self.cpu_base)
+        if not isinstance(done, InvocationResult):
+            self.later = done
+            return self._rest
+        if rt._escalation_size(self.fv, done):
+            self.later = functools.partial(_given, done)
+            return self._rest
+        rt._call_done(self.fv, self.replace_after)
+        try:
+            return rt._done(self.fv, done)
+        finally:
+            rt.limits.release(self.fv.name)
+
+    async def _rest(self) -> InvocationResult:
+        """`_invoke_acquired`'s handling of what `later` gives (retries, escalation)."""
+        rt, fv = self.rt, self.fv
+        assert self.later is not None
+        try:
+            try:
+                result = await self.later()
+            finally:
+                rt._call_done(fv, self.replace_after)
+            result = await rt._escalate_if_needed(fv, self.payload, self.request_id, result)
+        except _Retry:  # the event reached no handler: invoke's path tries other instances
+            rt.counters["retries"] += 1
+            return await rt._invoke_acquired(fv, self.payload, self.request_id, attempts=2)
+        except BaseException:
+            rt.limits.release(fv.name)
+            raise
+        try:
+            return rt._done(fv, result)
+        finally:
+            rt.limits.release(fv.name)
+
+
+async def _given(result: InvocationResult) -> InvocationResult:
+    return result
 
 
 class _Waiter:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -542,3 +544,54 @@ async def test_the_warming_pool_grows_with_a_burst_of_claims(tmp_path, make_func
         pool = rt.statistics()["warming_pool"]
         assert pool["recent_claims"] == 6
         assert 2 <= pool["target"] <= 4
+
+
+# --- invoke_nowait: the HTTP front end's fast path ----------------------------------------
+
+
+def _instance_of(rt: fastfaas.Runtime, name: str, instance_id: str) -> Any:
+    return next(i for i in rt._functions[name].instances.values()
+                 if i.instance_id == instance_id)
+
+
+async def test_invoke_nowait_polls_a_lone_quick_call_and_answers_at_the_first_step(
+        tmp_path, make_function, cgroups_mode) -> None:
+    code = make_function(app=COUNTER)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                spin_us=100_000) as rt:
+        await rt.deploy("q", source=code, handler="app.handler")
+        assert (await rt.invoke("q")).value()["count"] == 1
+        assert (await rt.invoke("q")).start == "warm"  # a warm call: now known quick
+        assert rt.invoke_nowait("q", b"{not json") is None  # invoke says why, not this
+        assert rt.invoke_nowait("nope", b"{}") is None
+        call = rt.invoke_nowait("q", b'{"k": 1}')
+        assert call is not None
+        result = call.step()  # polled for within the 100 ms window: no wait on its fd
+        assert isinstance(result, fastfaas.InvocationResult), result
+        assert result.value() == {"count": 3, "pid": result.value()["pid"], "event": {"k": 1}}
+        assert result.start == "warm" and result.request_id
+        assert rt.counters["nowait_calls"] == 1
+        assert rt.limits.in_flight("q") == 0  # released, as invoke does
+        assert [e.request_id for e in rt.logs("q")][-1] == result.request_id
+
+
+async def test_invoke_nowait_to_an_instance_that_died_unnoticed_is_retried_elsewhere(
+        runtime, make_function) -> None:
+    await runtime.deploy("dead", source=make_function(app=COUNTER), handler="app.handler")
+    first = await runtime.invoke("dead")
+    inst = _instance_of(runtime, "dead", first.instance_id)
+    os.kill(inst.proc.pid, 9)  # its pid on the host (the handler sees its namespace's)
+    # Wait, without letting the runtime run (it would retire the idle instance), until
+    # the instance's end of the channel is closed: the send will then fail.
+    poller = select.poll()
+    poller.register(inst.chan.fd, select.POLLHUP)
+    assert poller.poll(5000), "the killed instance's channel never hung up"
+    call = runtime.invoke_nowait("dead", b'{"again": true}')
+    assert call is not None
+    rest = call.step()
+    assert callable(rest) and not isinstance(rest, fastfaas.InvocationResult)
+    result = await rest()
+    assert result.error is None and result.value()["event"] == {"again": True}
+    assert result.value()["count"] == 1 and result.start in ("prewarmed", "forked")
+    assert runtime.counters["retries"] == 1
+    assert runtime.limits.in_flight("dead") == 0

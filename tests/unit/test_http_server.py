@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from fastfaas.http.protocol import Request
-from fastfaas.http.server import HttpServer, Limits, Response
+from fastfaas.http.server import Fast, HttpServer, Limits, Pending, Response
 
 # Every test is bounded: a server that never answers fails here, not at pytest's timeout.
 BOUND_S = 5.0
@@ -101,9 +101,10 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def running(app: Callable[[Request], Awaitable[Response]] = echo,
-                  limits: Limits | None = None) -> AsyncIterator[tuple[HttpServer, int]]:
+                  limits: Limits | None = None,
+                  fast: Fast | None = None) -> AsyncIterator[tuple[HttpServer, int]]:
     """A server on an ephemeral loopback port; closed (and waited for) on exit."""
-    server = HttpServer(app, lambda method, path: 1 << 20, limits)
+    server = HttpServer(app, lambda method, path: 1 << 20, limits, fast)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     with trio.fail_after(BOUND_S):
@@ -374,3 +375,160 @@ async def test_accept_out_of_descriptors_waits_and_goes_on_serving() -> None:
             assert (served.status, served.body) == (200, b"GET /after ")
             assert server.accept_errors == 2
             server.close()
+
+
+# --- the pump and the fast path ---------------------------------------------------------
+
+
+class Waiting:
+    """A Pending over a socketpair: the test answers it by writing to `peer`.
+
+    `step()` reads what has arrived: nothing (None: wait again), b"r" (the
+    Response), b"a" (the rest runs in a task, as after an instance crash).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.own, self.peer = socket.socketpair()
+        self.own.setblocking(False)
+        self.fd = self.own.fileno()
+        self.steps = 0
+        self.done = trio.Event()
+
+    def step(self) -> Response | Callable[[], Awaitable[Response]] | None:
+        self.steps += 1
+        try:
+            got = self.own.recv(1)
+        except BlockingIOError:
+            return None
+        self.done.set()
+        if got == b"a":
+            return self._rest
+        return Response(200, b"fast " + self.path.encode())
+
+    async def _rest(self) -> Response:
+        await trio.sleep(0)
+        return Response(200, b"later " + self.path.encode())
+
+    def close(self) -> None:
+        self.own.close()
+        self.peer.close()
+
+
+class FastPaths:
+    """`/sync...` answered at once, `/wait...` by a Waiting, the rest by the App."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, Waiting] = {}
+        self.started = trio.Event()
+
+    def __call__(self, request: Request) -> Response | Pending | None:
+        if request.path.startswith("/sync"):
+            return Response(200, b"sync " + request.path.encode())
+        if request.path.startswith("/boom"):
+            raise RuntimeError("a bug in the fast path")
+        if request.path.startswith("/wait"):
+            pending = self.waiting[request.path] = Waiting(request.path)
+            self.started.set()
+            return pending
+        return None
+
+    async def started_for(self, path: str) -> Waiting:
+        while path not in self.waiting:
+            self.started = trio.Event()
+            await self.started.wait()
+        return self.waiting[path]
+
+    def close(self) -> None:
+        for pending in self.waiting.values():
+            pending.close()
+
+
+@contextlib.asynccontextmanager
+async def fast_server(app: Callable[[Request], Awaitable[Response]] = echo,
+                      ) -> AsyncIterator[tuple[HttpServer, int, FastPaths]]:
+    paths = FastPaths()
+    try:
+        async with running(app, fast=paths) as (server, port):
+            yield server, port, paths
+    finally:
+        paths.close()
+
+
+async def test_fast_answers_mix_with_app_answers_in_order() -> None:
+    async with fast_server() as (server, port, paths), await Client.connect(port) as client:
+        await client.send(get("/sync1") + get("/app") + get("/wait1") + get("/sync2"))
+        assert (await client.response()).body == b"sync /sync1"
+        assert (await client.response()).body == b"GET /app "  # the App, in a task
+        pending = await paths.started_for("/wait1")
+        assert pending.steps == 1  # tried once at once: nothing yet, so it waits
+        pending.peer.send(b"r")
+        assert (await client.response()).body == b"fast /wait1"
+        assert (await client.response()).body == b"sync /sync2"  # only after /wait1's
+        assert (server.requests, server.fast_requests, server.in_flight) == (4, 3, 0)
+
+
+async def test_a_pending_whose_rest_must_wait_is_finished_in_a_task() -> None:
+    async with fast_server() as (server, port, paths), await Client.connect(port) as client:
+        await client.send(get("/wait-a"))
+        (await paths.started_for("/wait-a")).peer.send(b"a")
+        served = await client.request(get("/sync"))  # pipelined after it, answered after
+        assert served.body == b"later /wait-a"
+        assert (await client.response()).body == b"sync /sync"
+        assert server.in_flight == 0
+
+
+async def test_a_fast_path_bug_is_a_500_and_the_connection_goes_on() -> None:
+    async with fast_server() as (server, port, _), await Client.connect(port) as client:
+        served = await client.request(get("/boom"))
+        assert served.status == 500 and b"a bug in the fast path" in served.body
+        assert (await client.request(get("/sync"))).body == b"sync /sync"
+        assert server.in_flight == 0
+
+
+async def test_close_waits_for_a_fast_request_in_flight() -> None:
+    async with (fast_server() as (server, port, paths), await Client.connect(port) as idle,
+                await Client.connect(port) as busy):
+        assert (await idle.request(get("/sync"))).keep_alive
+        await busy.send(get("/wait-c"))
+        pending = await paths.started_for("/wait-c")
+        server.close()
+        await idle.wait_closed()  # idle: closed at once
+        assert server.in_flight == 1 and server.connections == 1
+        pending.peer.send(b"r")
+        served = await busy.response()  # busy: answered, then closed
+        assert (served.body, served.keep_alive) == (b"fast /wait-c", False)
+        await busy.wait_closed()
+
+
+async def test_a_fast_request_whose_client_left_still_runs_to_its_end() -> None:
+    async with fast_server() as (server, port, paths):
+        async with await Client.connect(port) as client:
+            await client.send(get("/wait-gone"))
+            pending = await paths.started_for("/wait-gone")
+        pending.peer.send(b"r")
+        await pending.done.wait()  # stepped to its answer although nobody reads it
+        async with await Client.connect(port) as other:
+            assert (await other.request(get("/sync"))).body == b"sync /sync"
+        assert server.in_flight == 0
+
+
+async def test_idle_keep_alive_connections_hold_no_task() -> None:
+    """Between requests a connection waits in the pump's epoll set: 64 idle
+    connections add no task to wake (nor trio objects to churn through the
+    garbage collector's young generation)."""
+    async with running() as (server, port):
+        await trio.testing.wait_all_tasks_blocked()
+        before = trio.lowlevel.current_statistics().tasks_living
+        clients = [await Client.connect(port) for _ in range(64)]
+        try:
+            for client in clients:
+                assert (await client.request(get("/x"))).status == 200
+            await trio.testing.wait_all_tasks_blocked()
+            assert server.connections == 64
+            assert trio.lowlevel.current_statistics().tasks_living == before
+            for client in clients:  # and every one of them is served again
+                assert (await client.request(get("/y"))).body == b"GET /y "
+        finally:
+            for client in clients:
+                await client.aclose()
