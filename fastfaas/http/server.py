@@ -245,7 +245,7 @@ class HttpServer:
                     try:
                         if conn.pending is not None:
                             if conn.pending.fd == fd and self._advance(conn):
-                                self._serve_ready(conn)
+                                self._serve_ready(conn, answered=True)
                         elif fd == conn.fd and not conn.task:
                             self._serve_ready(conn)
                     except Exception:  # a bug of ours: this connection goes, the server stays
@@ -304,9 +304,10 @@ class HttpServer:
         except FileNotFoundError:  # a descriptor not (or no longer) in the set
             self._ep.register(fd, _ONE_READ)
 
-    def _serve_ready(self, conn: _Conn) -> None:
+    def _serve_ready(self, conn: _Conn, answered: bool = False) -> None:
         """Read, parse and answer what `conn` has, until it must wait: then the
-        pump watches it, or a task has it."""
+        pump watches it, or a task has it. `answered`: a response went out just
+        now, so the next request's bytes are (almost always) not in yet."""
         limits = self.limits
         sock = conn.sock
         parser = conn.parser
@@ -332,6 +333,9 @@ class HttpServer:
                     conn.deadline = conn.header_deadline  # from the request's first byte
                 else:
                     conn.deadline = self._now() + limits.body_timeout_s
+                if answered:  # epoll says at once if they are, without a failed read here
+                    self._arm(conn.fd, conn)
+                    return
                 try:
                     data = sock.recv(RECEIVE_BYTES)
                 except BlockingIOError:
@@ -364,10 +368,11 @@ class HttpServer:
             if isinstance(answer, Response):
                 if not self._respond_now(conn, request, answer):
                     return
-                continue
-            conn.pending, conn.request = answer, request
-            if not self._advance(conn):
-                return
+            else:
+                conn.pending, conn.request = answer, request
+                if not self._advance(conn):
+                    return
+            answered = True
 
     def _advance(self, conn: _Conn) -> bool:
         """Step the fast-path request in flight; True once answered and `conn` may go on."""

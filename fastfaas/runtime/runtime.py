@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import trio
@@ -86,6 +86,11 @@ FDS_PER_INSTANCE = 7  # in the server: socket, pidfd, 4 cgroup files, and a marg
 FDS_RESERVED = 2048  # connections, zygotes, the template, SQLite, pip...
 _json_encode = msgspec.json.encode
 
+
+# Retries of an invocation whose event reached no handler (each retires what it found
+# dead: a template's death leaves warm instances, spares, the function's zygote and
+# the pooled generic ones to be found so, one by one).
+RETRIES: Final = 8
 
 class FunctionVersion:
     """One deployment of one function version: its zygote and its instances."""
@@ -914,8 +919,13 @@ class Runtime:
 
     async def _invoke_acquired(self, fv: FunctionVersion, raw: bytes, request_id: str,
                                route_key: str | None = None, route_wait: bool = True,
-                               attempts: int = 3) -> InvocationResult:
-        """`invoke` once its concurrency is taken (released here, whatever happens)."""
+                               attempts: int = RETRIES + 1) -> InvocationResult:
+        """`invoke` once its concurrency is taken (released here, whatever happens).
+
+        Each retry follows an event that reached no handler and retires what was
+        found dead (an idle instance, a function zygote, a pooled generic one):
+        after a template died, its warm instances, spares and zygotes may all be
+        found so, one by one, before the runtime has heard of it."""
         try:
             for _attempt in range(attempts):
                 try:
@@ -2359,8 +2369,13 @@ class FastCall:
         self.fd = inst.chan.fd
         self.entry: Deadline | None = None
         self.later: Callable[[], Awaitable[InvocationResult]] | None = None
-        # Poll at first as `_run` does: for a lone call of a quick function, or a spare's.
-        self._spin = rt.spin_ns if rt._running == 1 and (fv.quick or start != "warm") else 0
+        # The first step: for a lone call, poll as `_run` does (a quick function's, or a
+        # spare's) or try once; with other calls in flight the answer is not there yet
+        # (4% of first tries found it, at 32 connections): wait for the fd at once (-1).
+        if rt._running == 1:
+            self._spin = rt.spin_ns if fv.quick or start != "warm" else 0
+        else:
+            self._spin = -1
 
     def step(self) -> InvocationResult | Callable[[], Awaitable[InvocationResult]] | None:
         rt = self.rt
@@ -2369,6 +2384,8 @@ class FastCall:
         chan = self.inst.chan
         assert chan is not None
         spin, self._spin = self._spin, 0
+        if spin < 0:
+            return None
         try:
             got = chan.recv_nowait(spin)
         except BlockingIOError:
@@ -2403,7 +2420,8 @@ class FastCall:
             result = await rt._escalate_if_needed(fv, self.payload, self.request_id, result)
         except _Retry:  # the event reached no handler: invoke's path tries other instances
             rt.counters["retries"] += 1
-            return await rt._invoke_acquired(fv, self.payload, self.request_id, attempts=2)
+            return await rt._invoke_acquired(fv, self.payload, self.request_id,
+                                             attempts=RETRIES)
         except BaseException:
             rt.limits.release(fv.name)
             raise

@@ -580,6 +580,7 @@ async def test_invoke_nowait_to_an_instance_that_died_unnoticed_is_retried_elsew
     await runtime.deploy("dead", source=make_function(app=COUNTER), handler="app.handler")
     first = await runtime.invoke("dead")
     inst = _instance_of(runtime, "dead", first.instance_id)
+    await inst.spawned.wait()  # its zygote's report of the pid may come after the answer
     os.kill(inst.proc.pid, 9)  # its pid on the host (the handler sees its namespace's)
     # Wait, without letting the runtime run (it would retire the idle instance), until
     # the instance's end of the channel is closed: the send will then fail.
