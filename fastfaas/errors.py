@@ -9,6 +9,7 @@ This module imports only the standard library: zygotes import it.
 
 from __future__ import annotations
 
+import sys
 from typing import Final
 
 # The kinds of function error, reported as X-Fastfaas-Function-Error.
@@ -92,3 +93,21 @@ class SpawnError(OSError):
 
     def __reduce__(self) -> tuple[type[SpawnError], tuple[int | None, str | None, str]]:
         return (type(self), (self.errno, self.strerror, self.step))
+
+
+class SaidOnce:
+    """Failures a long-running task survives and goes on from: each kind is
+    told once on stderr (`fastfaas: WHAT: EXC (said once; GOING_ON)`), every
+    one is counted (`count`)."""
+
+    def __init__(self, going_on: str) -> None:
+        self.going_on = going_on
+        self.count = 0
+        self._said: set[str] = set()
+
+    def __call__(self, what: str, exc: BaseException) -> None:
+        self.count += 1
+        if what not in self._said:
+            self._said.add(what)
+            print(f"fastfaas: {what}: {exc} (said once; {self.going_on})", file=sys.stderr,
+                  flush=True)

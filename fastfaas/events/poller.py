@@ -18,7 +18,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from fastfaas.errors import FastfaasError, TooManyRequestsError
+from fastfaas.errors import FastfaasError, SaidOnce, TooManyRequestsError
 from fastfaas.runtime.results import InvocationResult
 from fastfaas.runtime.runtime import Runtime
 from fastfaas.runtime.store import EventQueue, QueuedEvent
@@ -47,8 +47,7 @@ class Poller:
         self.running = 0
         self.completed = 0
         self.throttled = 0
-        self.store_errors = 0  # the queue's database refused a read or write
-        self._said: set[str] = set()
+        self._say = SaidOnce("retrying")  # the queue's database refused a read or write
         self._wakeup = trio.Event()
         self._stopping = False
         self._idle = trio.Event()
@@ -82,12 +81,10 @@ class Poller:
                 # Woken by a new event, or by a finished one freeing a place.
                 await self._wakeup.wait()
 
-    def _say(self, what: str, exc: BaseException) -> None:
-        self.store_errors += 1
-        if what not in self._said:
-            self._said.add(what)
-            print(f"fastfaas: {what}: {exc} (said once; retrying)", file=sys.stderr,
-                  flush=True)
+    @property
+    def store_errors(self) -> int:
+        """Reads and writes the queue's database refused."""
+        return self._say.count
 
     def stop_taking(self) -> None:
         """Take no more events (a graceful stop); those running finish."""

@@ -14,7 +14,6 @@ import functools
 import math
 import select
 import socket
-import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
@@ -22,6 +21,7 @@ from typing import Final, Protocol
 import msgspec
 import trio
 
+from fastfaas.errors import SaidOnce
 from fastfaas.http.protocol import (
     BodyLimit,
     ProtocolError,
@@ -152,7 +152,7 @@ class HttpServer:
         self._no_conns = trio.Event()
         self._accept_scope: trio.CancelScope | None = None
         self._slots = trio.Semaphore(self.limits.max_connections)
-        self.accept_errors = 0
+        self._accept_failed = SaidOnce("retrying")
         shortest = min(self.limits.header_timeout_s, self.limits.body_timeout_s,
                        self.limits.keepalive_timeout_s)
         self._sweep_every = min(1.0, shortest / 8)
@@ -168,6 +168,10 @@ class HttpServer:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def accept_errors(self) -> int:
+        return self._accept_failed.count
 
     async def serve(self, listeners: list[trio.SocketListener], *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -272,10 +276,7 @@ class HttpServer:
                     raise
                 # Out of descriptors or memory: the connection waits in the backlog
                 # while calls finish and free some (as trio.serve_listeners does).
-                self.accept_errors += 1
-                if self.accept_errors == 1:
-                    print(f"fastfaas: cannot accept connections: {exc} (said once; retrying)",
-                          file=sys.stderr, flush=True)
+                self._accept_failed("cannot accept connections", exc)
                 await trio.sleep(ACCEPT_BACKOFF_S)
                 continue
             except BaseException:

@@ -45,6 +45,7 @@ from fastfaas.errors import (
     InvalidRequestError,
     RequestTooLargeError,
     RuntimeClosedError,
+    SaidOnce,
     TooManyRequestsError,
     ZygoteError,
 )
@@ -273,7 +274,7 @@ class Runtime:
         self.auto_size_after = auto_size_after
         self._size_changes: dict[str, collections.deque[sizing.SizeChange]] = {}
         self.on_size_change: Callable[[str, sizing.SizeChange], None] | None = None
-        self._said: set[str] = set()  # background failures already reported
+        self._say = SaidOnce("the server goes on")  # background failures
         self._log_entries = log_entries
         self.template = Template(python, cwd="/")
         self._template_up = trio.Event()
@@ -2004,10 +2005,7 @@ class Runtime:
         """A background task's failure that the server survives: said once per kind,
         counted always (statistics()["counters"]["background_errors"])."""
         self.counters["background_errors"] += 1
-        if what not in self._said:
-            self._said.add(what)
-            print(f"fastfaas: {what}: {exc} (said once; the server goes on)",
-                  file=sys.stderr, flush=True)
+        self._say(what, exc)
 
     def _empty_cgroup(self, cg: CgroupSet) -> bool:
         """Kill what is left in a dead instance's cgroup; True when it is empty again."""
