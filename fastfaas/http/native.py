@@ -158,8 +158,7 @@ class NativeApi:
         except FastfaasError as exc:
             return self.fastfaas_error(exc)
         except Exception as exc:  # a bug of ours: answer 500, keep serving everyone else
-            traceback.print_exc()
-            return self._error(500, "InternalError", f"{type(exc).__name__}: {exc}")
+            return self._bug(exc)
 
     async def _dispatch(self, req: Request, routes: dict[bytes, Handler] | None,
                         arg: str) -> Response:
@@ -224,8 +223,15 @@ class NativeApi:
         if len(parts) != 5:
             return None
         t0 = time.perf_counter_ns()
-        call = self.runtime.invoke_nowait(parts[3], req.body or b"{}")
+        try:
+            call = self.runtime.invoke_nowait(parts[3], req.body or b"{}")
+        except Exception as exc:  # a bug of ours (or a cgroup file that failed): a 500
+            return self._bug(exc)
         return None if call is None else _FastInvoke(self, call, parts[3], t0)
+
+    def _bug(self, exc: Exception) -> Response:
+        traceback.print_exc()
+        return self._error(500, "InternalError", f"{type(exc).__name__}: {exc}")
 
     def _invoke_response(self, name: str, result: InvocationResult, t0: int) -> Response:
         server_ns = time.perf_counter_ns() - t0
@@ -517,12 +523,18 @@ class _FastInvoke:
         self.t0 = t0
 
     def step(self) -> Response | Callable[[], Awaitable[Response]] | None:
-        out = self.call.step()
+        try:
+            out = self.call.step()
+        except Exception as exc:
+            return self.api._bug(exc)
         if out is None:
             return None
         if isinstance(out, InvocationResult):
             return self.api._invoke_response(self.name, out, self.t0)
         return functools.partial(self._later, out)
+
+    def abandon(self) -> None:
+        self.call.abandon()
 
     async def _later(self, out: Callable[[], Awaitable[InvocationResult]]) -> Response:
         try:
@@ -531,4 +543,6 @@ class _FastInvoke:
             self.api.metrics.record(self.name, "none", exc.code,
                                     (time.perf_counter_ns() - self.t0) / 1e9)
             return self.api.fastfaas_error(exc)
+        except Exception as exc:
+            return self.api._bug(exc)
         return self.api._invoke_response(self.name, result, self.t0)

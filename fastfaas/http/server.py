@@ -82,6 +82,10 @@ class Pending(Protocol):
 
     def step(self) -> Response | Callable[[], Awaitable[Response]] | None: ...
 
+    def abandon(self) -> None:
+        """The server will not step it again (its connection went with the server):
+        its owner finishes it, and drops the answer."""
+
 
 # Answers a request without a task when it can: a Response, a Pending, or None
 # (the App then answers it, in a task).
@@ -200,7 +204,6 @@ class HttpServer:
                 sweeper.cancel()
                 pump.cancel()
         finally:
-            self._nursery = None
             for conn in list(self._conns):  # only when serve() itself was cancelled
                 self._close(conn)
             with contextlib.suppress(RuntimeError):
@@ -287,7 +290,14 @@ class HttpServer:
             conn = _Conn(sock, ServerConnection(self.body_limit, limits.max_header_bytes),
                          self._now(), limits.keepalive_timeout_s)
             self._conns.add(conn)
-            self._ep.register(conn.fd, 0)
+            try:
+                # One-shot even unarmed: a hang-up is reported whatever the mask, and
+                # would wake the pump again and again while a task holds the connection.
+                self._ep.register(conn.fd, select.EPOLLONESHOT)
+            except OSError as exc:  # the kernel's limit on watched descriptors, or memory
+                self._accept_failed("cannot watch a connection", exc)
+                self._close(conn)
+                continue
             try:
                 self._serve_ready(conn)
             except Exception:
@@ -324,6 +334,12 @@ class HttpServer:
                 if parser.closed or (self.closing and not parser.in_request):
                     self._close(conn)
                     return
+                # A 100 Continue goes out after the answers to the requests before its
+                # own, and only while its request still waits for the body.
+                interim = parser.data_to_send()
+                if (interim and conn.error is None and parser.in_request
+                        and not self._send_now(conn, interim)):
+                    return
                 if parser.requests_begun != conn.seen:
                     conn.seen = parser.requests_begun
                     conn.header_deadline = self._now() + limits.header_timeout_s
@@ -349,9 +365,6 @@ class HttpServer:
                     parser.receive_data(data)
                 except ProtocolError as exc:
                     conn.error = exc
-                interim = parser.data_to_send()
-                if interim and conn.error is None and not self._send_now(conn, interim):
-                    return
                 continue
             conn.idle = False
             conn.deadline = math.inf  # the app's time is not the client's
@@ -447,11 +460,10 @@ class HttpServer:
         if conn.closed:
             return
         conn.closed = True
-        if conn.pending is not None:  # never left unanswered: its call runs to its end
-            if self._nursery is not None:
-                self._nursery.start_soon(_drain, conn.pending)
-            conn.pending = None
+        if conn.pending is not None:  # its call runs to its end all the same
+            pending, conn.pending = conn.pending, None
             self._in_flight -= 1
+            pending.abandon()
         if self._watch.get(conn.fd) is conn:
             del self._watch[conn.fd]
         if self._ep is not None:
@@ -558,19 +570,6 @@ def _error_bytes(status: int, code: str, message: str) -> bytes:
         # is what botocore reads).
         response.headers.append((b"x-amzn-errortype", b"RequestTooLargeException"))
     return encode_response(status, response.headers, response.body, keep_alive=False)
-
-
-async def _drain(pending: Pending) -> None:
-    """A fast-path request whose connection went: finish it, drop its answer."""
-    with contextlib.suppress(Exception):
-        while True:
-            out = pending.step()
-            if isinstance(out, Response):
-                return
-            if out is not None:
-                await out()
-                return
-            await trio.lowlevel.wait_readable(pending.fd)
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:

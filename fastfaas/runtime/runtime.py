@@ -41,6 +41,7 @@ from fastfaas.config import (
 )
 from fastfaas.errors import (
     CgroupError,
+    FastfaasError,
     FunctionNotFoundError,
     InvalidRequestError,
     RequestTooLargeError,
@@ -987,13 +988,21 @@ class Runtime:
         start = "prewarmed" if got[1] == _native.KIND_SPARE else "warm"
         fv.in_flight += 1
         self._running += 1
+        try:
+            return self._hand_over(fv, inst, start, payload)
+        except BaseException:  # what invoke's finally clauses would undo
+            self._call_done(fv, False)
+            self.limits.release(name)
+            raise
+
+    def _hand_over(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                   payload: bytes) -> FastCall:
         fv.freq.note_call(self._now(), fv.in_flight)
         request_id = self._request_ids.next()
         invocation = self._invocation(fv, payload, request_id)
         cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup is not None else 0
         replace_after = False
         self.counters[start] += 1
-        self.counters["nowait_calls"] += 1
         if start != "warm":
             fv.sizer.note_new_instance(self._now())
             replace_after = fv.quick and self._defer_spare_fork
@@ -1002,6 +1011,7 @@ class Runtime:
         assert inst.chan is not None
         call = FastCall(self, fv, inst, start, request_id, payload, cpu_base, replace_after)
         if inst.chan.send_nowait(invocation.data):
+            self.counters["nowait_calls"] += 1
             call.entry = self._deadlines.push(invocation.deadline, inst)
             if invocation.deadline < self._watching_until:
                 self._deadline_lot.unpark_all()
@@ -2392,8 +2402,13 @@ class FastCall:
             got = None
         assert self.entry is not None
         self.entry.finish()
-        done = rt._finish_now(self.fv, self.inst, self.start, self.request_id, got,
-                              self.cpu_base)
+        try:
+            done = rt._finish_now(self.fv, self.inst, self.start, self.request_id, got,
+                                  self.cpu_base)
+        except BaseException:  # what invoke's finally clauses would undo
+            rt._call_done(self.fv, self.replace_after)
+            rt.limits.release(self.fv.name)
+            raise
         if not isinstance(done, InvocationResult):
             self.later = done
             return self._rest
@@ -2405,6 +2420,33 @@ class FastCall:
             return rt._done(self.fv, done)
         finally:
             rt.limits.release(self.fv.name)
+
+    def abandon(self) -> None:
+        """Nobody will step this call any more: it runs to its end in the runtime's own
+        nursery, as an abandoned `invoke` does, and its result is dropped."""
+        rt = self.rt
+        if rt._nursery is not None and not rt._closing:
+            rt._nursery.start_soon(self._run_to_end)
+            return
+        # The runtime is closing: the instance goes with the rest.
+        if self.entry is not None:
+            self.entry.finish()
+        rt._retire(self.inst)
+        rt._call_done(self.fv, self.replace_after)
+        rt.limits.release(self.fv.name)
+
+    async def _run_to_end(self) -> None:
+        try:
+            while True:
+                out = self.step()
+                if out is None:
+                    await trio.lowlevel.wait_readable(self.fd)
+                    continue
+                if not isinstance(out, InvocationResult):
+                    await out()
+                return
+        except (OSError, FastfaasError, trio.ClosedResourceError) as exc:
+            self.rt._background_error("an abandoned call could not finish", exc)
 
     async def _rest(self) -> InvocationResult:
         """`_invoke_acquired`'s handling of what `later` gives (retries, escalation)."""

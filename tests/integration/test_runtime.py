@@ -603,4 +603,56 @@ async def test_invoke_nowait_to_an_instance_that_died_unnoticed_is_retried_elsew
     assert result.error is None and result.value()["event"] == {"again": True}
     assert result.value()["count"] == 1 and result.start in ("prewarmed", "forked")
     assert runtime.counters["retries"] == 1
-    assert runtime.limits.in_flight("dead") == 0
+    assert _settled_counts(runtime, "dead") == (0, 0, 0)
+
+
+def _settled_counts(rt: fastfaas.Runtime, name: str) -> tuple[int, int, int]:
+    """(calls running in the runtime, the function's calls in flight, its concurrency held)."""
+    return rt._running, rt._functions[name].in_flight, rt.limits.in_flight(name)
+
+
+DIES_OR_NAPS = """
+import os, time
+def handler(event, context):
+    if event.get("die"):
+        os._exit(3)
+    time.sleep(event.get("s", 0))
+    return {"size": len(event.get("pad", ""))}
+"""
+
+
+async def test_invoke_nowait_crash_abandon_and_large_events_leave_nothing_counted(
+        runtime, make_function) -> None:
+    await runtime.deploy("nw2", source=make_function(app=DIES_OR_NAPS), handler="app.handler")
+    assert (await runtime.invoke("nw2", {})).ok
+
+    # The instance dies mid-call: the rest is awaited (a Crashed result), counts undone.
+    call = runtime.invoke_nowait("nw2", b'{"die": true}')
+    assert call is not None
+    while (out := call.step()) is None:
+        await trio.lowlevel.wait_readable(call.fd)
+    assert not isinstance(out, fastfaas.InvocationResult)
+    crashed = await out()
+    assert crashed.error is not None and crashed.error.kind == "Crashed"
+    assert _settled_counts(runtime, "nw2") == (0, 0, 0)
+
+    # Nobody steps it any more (its HTTP connection went with the server): the runtime
+    # runs it to its end in its own nursery, logs it, and counts it out.
+    assert (await runtime.invoke("nw2", {})).ok  # a warm instance again
+    call = runtime.invoke_nowait("nw2", b'{"s": 0.2}')
+    assert call is not None and call.step() is None
+    call.abandon()
+    while _settled_counts(runtime, "nw2") != (0, 0, 0):
+        await runtime.wait_changed()
+    assert runtime.logs("nw2")[-1].request_id == call.request_id
+
+    # An event too large to go inline is sent by invoke's own path, not without a wait.
+    before = runtime.counters["nowait_calls"]
+    pad = "x" * 100_000
+    call = runtime.invoke_nowait("nw2", b'{"pad": "%s"}' % pad.encode())
+    assert call is not None
+    rest = call.step()
+    assert callable(rest) and not isinstance(rest, fastfaas.InvocationResult)
+    assert (await rest()).value() == {"size": 100_000}
+    assert runtime.counters["nowait_calls"] == before
+    assert _settled_counts(runtime, "nw2") == (0, 0, 0)

@@ -394,6 +394,7 @@ class Waiting:
         self.fd = self.own.fileno()
         self.steps = 0
         self.done = trio.Event()
+        self.abandoned = False
 
     def step(self) -> Response | Callable[[], Awaitable[Response]] | None:
         self.steps += 1
@@ -409,6 +410,9 @@ class Waiting:
     async def _rest(self) -> Response:
         await trio.sleep(0)
         return Response(200, b"later " + self.path.encode())
+
+    def abandon(self) -> None:
+        self.abandoned = True
 
     def close(self) -> None:
         self.own.close()
@@ -499,6 +503,77 @@ async def test_close_waits_for_a_fast_request_in_flight() -> None:
         served = await busy.response()  # busy: answered, then closed
         assert (served.body, served.keep_alive) == (b"fast /wait-c", False)
         await busy.wait_closed()
+
+
+async def test_serve_cancelled_hands_a_fast_request_in_flight_back_to_its_owner() -> None:
+    paths = FastPaths()
+    server = HttpServer(echo, lambda method, path: 1 << 20, fast=paths)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        with trio.fail_after(BOUND_S):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve, listeners)
+                async with await Client.connect(port) as client:
+                    await client.send(get("/wait-x"))
+                    pending = await paths.started_for("/wait-x")
+                    nursery.cancel_scope.cancel()  # not close(): serve() itself is cancelled
+        assert pending.abandoned  # its owner finishes it: nothing is left half-counted
+        assert (server.connections, server.in_flight) == (0, 0)
+    finally:
+        paths.close()
+
+
+async def test_a_reset_connection_held_by_a_task_does_not_keep_the_pump_awake() -> None:
+    """A connection accepted with its request already in (so never armed), whose
+    App is still running when the client resets it: the hang-up is reported
+    once, not at every turn of the loop."""
+    entered, release = trio.Event(), trio.Event()
+
+    async def app(request: Request) -> Response:
+        entered.set()
+        await release.wait()
+        return Response(200, b"late")
+
+    server = HttpServer(app, lambda method, path: 1 << 20)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    early = socket.create_connection(("127.0.0.1", port))  # in the backlog, request sent
+    early.sendall(get("/slow"))
+    with trio.fail_after(BOUND_S):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            await entered.wait()
+            early.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            early.close()  # a reset
+            # A pump woken by the hang-up at every turn would never let this return.
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+            server.close()
+    assert server.requests == 1 and server.connections == 0
+
+
+async def test_a_100_continue_goes_after_the_answers_before_it_and_never_after_its_own(
+        ) -> None:
+    async with running() as (_, port), await Client.connect(port) as client:
+        expecting = b"POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        await client.send(get("/first") + expecting)
+        data = b""
+        while b"100 Continue" not in data:
+            data += await client.stream.receive_some(65536)
+        first = data.index(b"200 OK")
+        assert first < data.index(b"100 Continue"), data  # /first's answer came first
+        client._parser.feed_data(data[:data.index(b"HTTP/1.1 100")])
+        assert (await client.response()).body == b"GET /first "
+        served = await client.request(b"ok")
+        assert served.body == b"POST /e ok"
+        # A request whose body came with its head needs no 100 Continue: none is sent.
+        whole = b"POST /w HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi"
+        raw = b""
+        await client.send(get("/a") + whole)
+        while raw.count(b"HTTP/1.1 200") < 2:
+            raw += await client.stream.receive_some(65536)
+        assert b"100 Continue" not in raw, raw
 
 
 async def test_a_fast_request_whose_client_left_still_runs_to_its_end() -> None:
