@@ -74,6 +74,7 @@ class ServerConnection:
         self._max_header_bytes = max_header_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._ready: collections.deque[Request] = collections.deque()
+        self._body: list[bytes] = []
         self._reset_message()
         self.in_request = False  # some bytes of a request are in: its read deadline runs
         self.requests_begun = 0  # a new value means a new request's deadline starts
@@ -139,7 +140,10 @@ class ServerConnection:
     def _reset_message(self) -> None:
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        self._body: list[bytes] = []
+        # One list of body chunks per connection, emptied after each request: a new
+        # one per request outlived young collections while its connection waited (one
+        # per idle keep-alive connection to walk at each: 512 in the Zipf benchmark).
+        self._body.clear()
         self._body_size = 0
         self._limit = 0
         self._header_bytes = 0

@@ -656,3 +656,18 @@ async def test_invoke_nowait_crash_abandon_and_large_events_leave_nothing_counte
     assert (await rest()).value() == {"size": 100_000}
     assert runtime.counters["nowait_calls"] == before
     assert _settled_counts(runtime, "nw2") == (0, 0, 0)
+
+
+async def test_what_the_runtime_keeps_per_call_is_not_walked_by_the_collector(
+        runtime, make_function) -> None:
+    """Log entries and usage samples are kept for many calls and dropped oldest first:
+    tracked by the cyclic collector, each would outlive a young collection and die
+    later, growing the young generation between collections (issue #5's pauses)."""
+    import gc
+
+    await runtime.deploy("kept", source=make_function(app=COUNTER), handler="app.handler")
+    for _ in range(3):
+        assert (await runtime.invoke("kept")).ok
+    entries, samples = runtime.logs("kept"), runtime.usage("kept")
+    assert len(entries) == 3 and len(samples) == 3
+    assert not any(gc.is_tracked(x) for x in [*entries, *samples])
