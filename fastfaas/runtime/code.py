@@ -180,6 +180,10 @@ class Requirements:
     def _install(self, requirements_txt: Path, cached: Path) -> None:
         self.cache_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".pip-", dir=self.cache_root))
+        # pip's own scratch directories go beside it, not in /tmp: a pip killed with
+        # its server cannot remove them, and `.pip-*` is cleared at the next start.
+        scratch = Path(tempfile.mkdtemp(prefix=".pip-tmp-", dir=self.cache_root))
+        env = {**os.environ, "TMPDIR": str(scratch)}
         # pip dies with the thread that started it (PR_SET_PDEATHSIG), so a
         # killed server leaves no install running; kill_all() stops it sooner.
         cmd = [self.python, "-c", _PIP_WITH_PDEATHSIG, "install", "--target", str(tmp),
@@ -188,7 +192,8 @@ class Requirements:
                *self.options]
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=requirements_txt.parent)
+                                    stdin=subprocess.DEVNULL, cwd=requirements_txt.parent,
+                                    env=env)
             with self._lock:
                 self._running.add(proc)
             try:
@@ -225,6 +230,8 @@ class Requirements:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def kill_all(self) -> None:
         """Stop every install under way (the server is stopping); their deploys fail."""

@@ -614,10 +614,12 @@ def test_a_kill_9_during_a_pip_install_leaves_no_process_and_no_temporary_direct
     start_server, make_function, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
+    machine_tmp = tmp_path / "tmp"  # the server's TMPDIR: pip's scratch must not go there
+    machine_tmp.mkdir()
     with silent_index() as (index, listener), ThreadPoolExecutor(1) as pool:
         server = start_server("--pip-arg=--no-index", f"--pip-arg=--find-links={index}",
                               "--pip-arg=--timeout=30", "--pip-arg=--retries=0",
-                              data_dir=data)
+                              data_dir=data, env={"TMPDIR": str(machine_tmp)})
         deploying = pool.submit(deploy_with_requirements, server.url, _needs_index(make_function))
         conn, _ = listener.accept()  # pip is asking the index, which will not answer
         with conn, pidfds(descendants(server.proc.pid)) as fds:
@@ -636,4 +638,6 @@ def test_a_kill_9_during_a_pip_install_leaves_no_process_and_no_temporary_direct
         problems.append(f"processes outlived the killed server: {left}")
     if leftovers:
         problems.append(f"temporary directories after the restart: {leftovers}")
+    if list(machine_tmp.iterdir()):  # a killed pip cannot remove its own
+        problems.append(f"left in the server's TMPDIR: {list(machine_tmp.iterdir())}")
     assert not problems
