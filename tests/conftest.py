@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 import fastfaas
@@ -187,3 +191,22 @@ def module_server(tmp_path_factory: pytest.TempPathFactory, name: str,
         yield srv
     finally:
         srv.stop()
+
+
+# --- HTTP helpers ----------------------------------------------------------------------
+
+
+def zip_of(**files: str | bytes) -> bytes:
+    """A code zip in memory: name -> source (dedented; ".py" added to a bare name)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, source in files.items():
+            data = source if isinstance(source, bytes) else textwrap.dedent(source).encode()
+            zf.writestr(name if "." in name else f"{name}.py", data)
+    return buf.getvalue()
+
+
+def invoke(client: httpx.Client, name: str, event: Any = None,
+           **kwargs: Any) -> httpx.Response:
+    return client.post(f"/v1/functions/{name}/invoke", json={} if event is None else event,
+                       **kwargs)

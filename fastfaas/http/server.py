@@ -376,7 +376,8 @@ class HttpServer:
                 except Exception as exc:
                     answer = _bug(exc)
             if answer is None:
-                self._spawn(conn, functools.partial(self._run_app, conn, request))
+                self._spawn(conn, functools.partial(self._answer, conn, request,
+                                                    functools.partial(self.app, request)))
                 return
             self.fast_requests += 1
             if isinstance(answer, Response):
@@ -402,28 +403,39 @@ class HttpServer:
         conn.pending = conn.request = None
         if isinstance(out, Response):
             return self._respond_now(conn, request, out)
-        self._spawn(conn, functools.partial(self._run_later, conn, request, out))
+        self._spawn(conn, functools.partial(self._answer, conn, request, out))
         return False
+
+    def _encoded(self, request: Request, response: Response) -> tuple[bytes, bool]:
+        """A request answered: its response's bytes, and whether the connection stays."""
+        self._in_flight -= 1
+        self.requests += 1
+        keep_alive = request.keep_alive and not self.closing
+        return encode_response(response.status, response.headers, response.body, keep_alive,
+                               head=request.method == b"HEAD"), keep_alive
 
     def _respond_now(self, conn: _Conn, request: Request, response: Response) -> bool:
         """Send the response if the socket takes it all at once (a task sends the
         rest otherwise); True when `conn` may go on with its next request."""
-        self._in_flight -= 1
-        self.requests += 1
-        keep_alive = request.keep_alive and not self.closing
-        data = encode_response(response.status, response.headers, response.body, keep_alive,
-                               head=request.method == b"HEAD")
-        try:
-            sent = conn.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._close(conn)  # the peer went away; the call it started ran to its end
+        data, keep_alive = self._encoded(request, response)
+        sent = self._send_some(conn, data)
+        if sent < 0:
             return False
         if sent < len(data):
             self._spawn(conn, functools.partial(self._write, conn, data[sent:], keep_alive))
             return False
         return self._responded(conn, keep_alive)
+
+    def _send_some(self, conn: _Conn, data: bytes) -> int:
+        """What the socket takes of `data` now; -1 when the peer went away (`conn` is
+        closed then: a call it started ran to its end all the same)."""
+        try:
+            return conn.sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self._close(conn)
+            return -1
 
     def _responded(self, conn: _Conn, keep_alive: bool) -> bool:
         conn.writing = False
@@ -439,12 +451,8 @@ class HttpServer:
 
     def _send_now(self, conn: _Conn, data: bytes) -> bool:
         """Interim bytes (100 Continue); False when a task finishes sending them."""
-        try:
-            sent = conn.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._close(conn)
+        sent = self._send_some(conn, data)
+        if sent < 0:
             return False
         if sent < len(data):
             self._spawn(conn, functools.partial(self._send_rest, conn, data[sent:]))
@@ -508,33 +516,17 @@ class HttpServer:
             traceback.print_exc()
             self._close(conn)
 
-    async def _run_app(self, conn: _Conn, request: Request) -> bool:
+    async def _answer(self, conn: _Conn, request: Request,
+                      respond: Callable[[], Awaitable[Response]]) -> bool:
+        """The App's answer to `request` (or a fast-path request's rest), sent."""
         try:
-            response = await self.app(request)
+            response = await respond()
         except Exception as exc:  # the app's bug: this request fails, not the server
             response = _bug(exc)
         except BaseException:
             self._in_flight -= 1
             raise
-        return await self._respond(conn, request, response)
-
-    async def _run_later(self, conn: _Conn, request: Request,
-                         later: Callable[[], Awaitable[Response]]) -> bool:
-        try:
-            response = await later()
-        except Exception as exc:
-            response = _bug(exc)
-        except BaseException:
-            self._in_flight -= 1
-            raise
-        return await self._respond(conn, request, response)
-
-    async def _respond(self, conn: _Conn, request: Request, response: Response) -> bool:
-        self._in_flight -= 1
-        self.requests += 1
-        keep_alive = request.keep_alive and not self.closing
-        data = encode_response(response.status, response.headers, response.body, keep_alive,
-                               head=request.method == b"HEAD")
+        data, keep_alive = self._encoded(request, response)
         return await self._write(conn, data, keep_alive)
 
     async def _write(self, conn: _Conn, data: bytes, keep_alive: bool) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -40,12 +41,8 @@ class AsyncChannel:
     async def send_bytes(self, data: bytes, fds: list[int]) -> None:
         if self.closed:
             raise BrokenPipeError("the channel is closed")
-        if not fds and len(data) <= wire.INLINE_MAX and not self._send_lock.locked():
-            try:  # the invocation path: no descriptors, no ancillary data, no wait
-                self._raw.send(data)
-                return
-            except BlockingIOError:
-                pass
+        if not fds and self.send_nowait(data):  # the invocation path
+            return
         payload, out_fds, memfd = wire.outgoing(data, fds)
         anc = wire.ancillary(out_fds)
         try:
@@ -90,8 +87,9 @@ class AsyncChannel:
             return None
         if spin_ns:
             got = self._spin(spin_ns)
-            if got is not None:
-                return self._frame(*got)
+            if got is None:
+                raise BlockingIOError(errno.EAGAIN, "no reply within the poll")
+            return self._frame(*got)
         try:
             n, anc, flags, _ = self._raw.recvmsg_into(
                 [self._view], wire._CMSG_SPACE, wire.RECV_FLAGS
@@ -122,10 +120,13 @@ class AsyncChannel:
         Raises wire.FrameError for a malformed frame.
         """
         if not self.closed:
-            got = self._spin(spin_ns) if spin_ns else self._try_recv()
-            if got is not None:
+            try:
+                got = self.recv_nowait(spin_ns)
+            except OSError:  # nothing yet (or an error the wait below reports)
+                pass
+            else:
                 await trio.lowlevel.checkpoint_if_cancelled()
-                return self._frame(*got)
+                return got
         while True:
             try:
                 await self._wait(trio.lowlevel.wait_readable)
@@ -138,15 +139,6 @@ class AsyncChannel:
             except (ConnectionResetError, BrokenPipeError):
                 return None
         return self._frame(n, anc, flags)
-
-    def _try_recv(self) -> tuple[int, Any, int] | None:
-        try:
-            n, anc, flags, _ = self._raw.recvmsg_into(
-                [self._view], wire._CMSG_SPACE, wire.RECV_FLAGS
-            )
-        except OSError:  # BlockingIOError, or a reset the waiting path reports
-            return None
-        return n, anc, flags
 
     def _spin(self, spin_ns: int) -> tuple[int, Any, int] | None:
         stats = trio.lowlevel.current_statistics

@@ -94,6 +94,7 @@ _json_encode = msgspec.json.encode
 # the pooled generic ones to be found so, one by one).
 RETRIES: Final = 8
 
+
 class FunctionVersion:
     """One deployment of one function version: its zygote and its instances."""
 
@@ -972,11 +973,11 @@ class Runtime:
         if not self._open or self._closing:
             return None
         fv = self._functions.get(name)
-        if fv is None or ":" in name or len(payload) > wire.MAX_PAYLOAD:
+        if fv is None or ":" in name:
             return None
         try:
-            msgspec.json.decode(payload)
-        except ValueError:  # invoke says why
+            payload = _event_bytes(None, payload)
+        except (InvalidRequestError, RequestTooLargeError):  # invoke says why
             return None
         if self.limits.try_acquire(name, fv.config.max_concurrency) is not None:
             return None  # invoke refuses it, and counts the refusal
@@ -1001,24 +1002,43 @@ class Runtime:
         request_id = self._request_ids.next()
         invocation = self._invocation(fv, payload, request_id)
         cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup is not None else 0
-        replace_after = False
-        self.counters[start] += 1
-        if start != "warm":
-            fv.sizer.note_new_instance(self._now())
-            replace_after = fv.quick and self._defer_spare_fork
-            if not replace_after:
-                self._want_spares(fv)
+        replace_after = self._count_start(fv, start)
         assert inst.chan is not None
         call = FastCall(self, fv, inst, start, request_id, payload, cpu_base, replace_after)
         if inst.chan.send_nowait(invocation.data):
             self.counters["nowait_calls"] += 1
-            call.entry = self._deadlines.push(invocation.deadline, inst)
-            if invocation.deadline < self._watching_until:
-                self._deadline_lot.unpark_all()
+            call.entry = self._watch_deadline(invocation.deadline, inst)
         else:  # dead, or its buffer full: invoke's own path sends it (or retries)
             call.later = functools.partial(self._run, fv, inst, start, request_id, invocation,
                                            cpu_base, False)
         return call
+
+    def _count_start(self, fv: FunctionVersion, start: str) -> bool:
+        """Count a call's start; for a new instance, size the spares for more and
+        replace it. True: the replacement waits for this call's answer (a quick
+        function's taken spare or fork: its fork would otherwise run beside the call
+        on the same two CPUs), in `_call_done`."""
+        self.counters[start] += 1
+        if start == "warm":
+            return False
+        fv.sizer.note_new_instance(self._now())
+        if start in ("prewarmed", "forked") and fv.quick and self._defer_spare_fork:
+            return True
+        self._want_spares(fv)
+        return False
+
+    def _watch_deadline(self, deadline: float, inst: InstanceHandle) -> Deadline:
+        entry = self._deadlines.push(deadline, inst)
+        if deadline < self._watching_until:
+            self._deadline_lot.unpark_all()
+        return entry
+
+    def _poll_ns(self, fv: FunctionVersion, start: str) -> int:
+        """How long to poll for a lone call's reply before sleeping: on a warm
+        instance only for a quick handler (a slow one's reply would not come
+        within the window); a new instance's start always (a forked start
+        measured 0.1-0.2 ms faster with the poll)."""
+        return self.spin_ns if fv.quick or start != "warm" else 0
 
     def _call_done(self, fv: FunctionVersion, replace_after: bool) -> None:
         """What every call does at its end, however it ended (`_invoke_once`'s finally)."""
@@ -1092,16 +1112,7 @@ class Runtime:
                 self.table.set_state(inst.table_id, _native.STATE_BUSY)
                 cpu_base = inst.cpu_base
                 sent = True  # the zygote handed the event to the instance at its fork
-            self.counters[start] += 1
-            if start != "warm":  # a new instance was needed: replace it, size for more
-                fv.sizer.note_new_instance(self._now())
-                # For a quick function (a spare taken, or one forked on the request
-                # path) the replacement waits for this call's answer: its fork would
-                # otherwise run beside the call on the same two CPUs.
-                replace_after = (start in ("prewarmed", "forked") and fv.quick
-                                 and self._defer_spare_fork)
-                if not replace_after:
-                    self._want_spares(fv)
+            replace_after = self._count_start(fv, start)
             # A new key (or one whose instance died) is this instance's from now, and a
             # call with it meanwhile waits for it; a call that left a busy instance
             # does not take the key from it (that instance holds the key's state).
@@ -1708,9 +1719,7 @@ class Runtime:
         background (_finish_abandoned).
         """
         assert inst.chan is not None
-        entry = self._deadlines.push(invocation.deadline, inst)
-        if invocation.deadline < self._watching_until:
-            self._deadline_lot.unpark_all()
+        entry = self._watch_deadline(invocation.deadline, inst)
         try:
             if not sent:
                 try:
@@ -1720,13 +1729,10 @@ class Runtime:
                     self._retire(inst)
                     raise _Retry() from None
             try:
-                # Spin only for a lone invocation: with others in flight their
-                # replies and requests arrive meanwhile, and the loop must run. On
-                # a warm instance only for a quick handler (a slow one's reply would
-                # not come within the spin); a new instance's start always (rare,
-                # and a forked start measured 0.1-0.2 ms faster with the spin).
-                spin = self._running == 1 and (fv.quick or start != "warm")
-                got = await inst.chan.recv(self.spin_ns if spin else 0)
+                # Poll only for a lone invocation: with others in flight their
+                # replies and requests arrive meanwhile, and the loop must run.
+                got = await inst.chan.recv(
+                    self._poll_ns(fv, start) if self._running == 1 else 0)
             except (OSError, wire.FrameError):
                 got = None
         except trio.Cancelled:
@@ -2377,13 +2383,10 @@ class FastCall:
         self.fd = inst.chan.fd
         self.entry: Deadline | None = None
         self.later: Callable[[], Awaitable[InvocationResult]] | None = None
-        # The first step: for a lone call, poll as `_run` does (a quick function's, or a
-        # spare's) or try once; with other calls in flight the answer is not there yet
-        # (4% of first tries found it, at 32 connections): wait for the fd at once (-1).
-        if rt._running == 1:
-            self._spin = rt.spin_ns if fv.quick or start != "warm" else 0
-        else:
-            self._spin = -1
+        # The first step: for a lone call, poll as `_run` does, or try once; with other
+        # calls in flight the answer is not there yet (4% of first tries found it, at
+        # 32 connections): wait for the fd at once (-1).
+        self._spin = rt._poll_ns(fv, start) if rt._running == 1 else -1
 
     def step(self) -> InvocationResult | Callable[[], Awaitable[InvocationResult]] | None:
         rt = self.rt

@@ -9,14 +9,11 @@ counted by `fastfaas_nowait_calls_total`.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
-import textwrap
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, module_server
+from tests.conftest import ServerProcess, invoke, module_server, zip_of
 
 HTTP_TIMEOUT = 30.0
 WAIT_S = 15.0
@@ -55,13 +52,6 @@ def handler(event, context):
 """
 
 
-def zip_of(source: str) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("app.py", textwrap.dedent(source))
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from module_server(tmp_path_factory, "fast-path")
@@ -76,17 +66,12 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
 def deploy(client: httpx.Client, name: str, **config: Any) -> None:
     params = {"handler": "app.handler", **{k: str(v).lower() if isinstance(v, bool) else str(v)
                                            for k, v in config.items()}}
-    r = client.put(f"/v1/functions/{name}", params=params, content=zip_of(VARIOUS),
+    r = client.put(f"/v1/functions/{name}", params=params, content=zip_of(app=VARIOUS),
                    headers={"content-type": "application/zip"})
     assert r.status_code == 201, r.text
     first = invoke(client, name)  # a new instance, through invoke: then it is warm
     assert first.status_code == 200 and first.headers["x-fastfaas-start"] in (
         "claimed", "cold"), first.text
-
-
-def invoke(client: httpx.Client, name: str, event: Any = None, **kwargs: Any) -> httpx.Response:
-    return client.post(f"/v1/functions/{name}/invoke", json={} if event is None else event,
-                       **kwargs)
 
 
 def nowait_calls(client: httpx.Client) -> int:

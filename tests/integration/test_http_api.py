@@ -33,7 +33,7 @@ import httpx
 import pytest
 
 from fastfaas.runtime.code import MAX_UNZIPPED_BYTES, zip_directory
-from tests.conftest import CGROUPS_MODE, ServerProcess, module_server
+from tests.conftest import CGROUPS_MODE, ServerProcess, invoke, module_server, zip_of
 
 HTTP_TIMEOUT = 30.0
 WAIT_S = 15.0  # the bound of every poll below: far above what a healthy server needs
@@ -97,16 +97,6 @@ def handler(event, context):
 # --- helpers -----------------------------------------------------------------------
 
 
-def zip_of(**files: str | bytes) -> bytes:
-    """A code zip in memory: name -> source (dedented; ".py" added to a bare name)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, source in files.items():
-            data = source if isinstance(source, bytes) else textwrap.dedent(source).encode()
-            zf.writestr(name if "." in name else f"{name}.py", data)
-    return buf.getvalue()
-
-
 def deploy(client: httpx.Client, name: str, code: Path | bytes, handler: str = "app.handler",
            **fields: Any) -> httpx.Response:
     """PUT an `application/zip` body; the configuration goes in the query string."""
@@ -122,12 +112,6 @@ def deployed(client: httpx.Client, name: str, code: Path | bytes, **fields: Any)
     assert r.status_code in (200, 201), r.text
     body: dict[str, Any] = r.json()
     return body
-
-
-def invoke(client: httpx.Client, name: str, event: Any = None,
-           **kwargs: Any) -> httpx.Response:
-    return client.post(f"/v1/functions/{name}/invoke", json={} if event is None else event,
-                       **kwargs)
 
 
 def assert_error(r: httpx.Response, status: int, *words: str) -> dict[str, str]:
