@@ -394,6 +394,31 @@ async def test_idle_instances_and_zygotes_are_reaped(runtime, make_function) -> 
     assert third.start == "claimed"
 
 
+async def test_a_mass_expiry_stops_its_instances_one_at_a_time(
+    runtime, make_function, tmp_path
+) -> None:
+    # Six idle instances expire at once: all are taken out of service (DRAINING) in one
+    # look of the reaper, then stopped REAP_SPACING_S apart, not all in one go.
+    await runtime.deploy("mass", source=make_function(app=GATED), handler="app.handler")
+    async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+        for _ in range(6):
+            nursery.start_soon(runtime.invoke, "mass", {"gate": gate.path})
+        await gate.wait_arrivals(6)
+        await gate.release()
+    counts = runtime.describe("mass")["state"]["instances"]
+    assert counts["warm"] == 6 and counts["draining"] == 0
+    reaped = runtime.statistics()["counters"].get("instances_reaped", 0)
+    await runtime.update_config("mass", idle_timeout_s=0.01)
+    most_draining = 0
+    with trio.fail_after(20):
+        while counts["warm"] or counts["draining"]:
+            await runtime.wait_changed()
+            counts = runtime.describe("mass")["state"]["instances"]
+            most_draining = max(most_draining, counts["draining"])
+    assert runtime.statistics()["counters"]["instances_reaped"] - reaped == 6
+    assert most_draining >= 4  # 5 wait while the first is stopped
+
+
 async def test_redeploy_drains_the_old_zygote_while_new_calls_use_the_new_code(
     runtime, make_function, tmp_path
 ) -> None:
