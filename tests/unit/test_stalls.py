@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -45,3 +46,34 @@ def test_a_long_step_is_reported_with_where_it_was(capsys: Any) -> None:
 def test_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FASTFAAS_LOG_STALLS_MS", raising=False)
     assert stalls.from_environment() == []
+
+
+def test_without_the_watcher_steps_are_still_timed(
+    capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASTFAAS_LOG_STALLS_MS", "5")
+    monkeypatch.setenv("FASTFAAS_LOG_STALLS_WATCH", "0")
+    callbacks = list(gc.callbacks)
+    try:
+        [instrument] = stalls.from_environment()
+    finally:
+        gc.callbacks[:] = callbacks  # its garbage collection log: not for this process
+    assert isinstance(instrument, stalls.StallLog)
+
+    async def slow() -> None:
+        began = time.perf_counter()
+        while time.perf_counter() - began < 0.03:
+            pass
+
+    trio.run(slow, instruments=[instrument])
+    err = capsys.readouterr().err
+    assert instrument.stalls == 1 and "in task" in err
+    assert not instrument._watcher.is_alive() and not instrument.caught
+    assert "in the act" not in err
+
+
+def test_a_bad_watch_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTFAAS_LOG_STALLS_MS", "5")
+    monkeypatch.setenv("FASTFAAS_LOG_STALLS_WATCH", "no")
+    with pytest.raises(ValueError, match="FASTFAAS_LOG_STALLS_WATCH"):
+        stalls.from_environment()
