@@ -74,12 +74,12 @@ INFREQUENT_IDLE_S = 10.0  # idle instances of infrequent functions are reaped so
 MEMORY_MEASURE_S = 0.5
 MEMORY_MEASURE_SLOW_S = 2.0  # with more than 200 processes
 MEASURE_BATCH = 64  # reads between two checkpoints
-REAP_PER_TICK = 16  # idle instances reaped per look of the reaper, at most
-# ...and one at a time, this far apart: 16 killed at once, and their 16 cgroups cleaned
-# in 16 threads, stalled the requests for tens of ms (the threads held the interpreter
-# and the dying processes the CPUs); p99 of the Zipf benchmark rose from 4 to 37 ms
-# while 2,700 instances of its warm-up expired.
-REAP_SPACING_S = 1 / REAP_PER_TICK
+# Idle instances reaped per look of the reaper, at most, and stopped one at a time,
+# spread over the time to the next look: 16 killed at once, and their 16 cgroups
+# cleaned in 16 threads, stalled the requests for tens of ms (the threads held the
+# interpreter and the dying processes the CPUs); p99 of the Zipf benchmark rose from
+# 4 to 37 ms while the 2,700 instances of its warm-up expired.
+REAP_PER_TICK = 16
 MAX_ERROR_TYPE = 256  # what the server keeps of an error's type and message, whatever
 MAX_ERROR_MESSAGE = 4096  # an instance or zygote sends
 SANDBOX_ID = 65534  # strict: the uid and gid (outside its user namespace) of function code
@@ -302,7 +302,7 @@ class Runtime:
         self._cg_hint = 128  # the instance size the cgroup pool prepares
         self._reap_lot = trio.lowlevel.ParkingLot()
         # Cleaning up dead processes' cgroups: one worker thread at a time (see
-        # REAP_SPACING_S), off the event loop but not crowding it.
+        # REAP_PER_TICK), off the event loop but not crowding it.
         self._cleanup_limiter = trio.CapacityLimiter(1)
         self._deadlines = policy.Deadlines()
         self._deadline_lot = trio.lowlevel.ParkingLot()
@@ -2263,18 +2263,21 @@ class Runtime:
 
     @trio.lowlevel.enable_ki_protection
     async def _reap_idle(self) -> None:
+        look = trio.current_time()
         while True:
             versions = [*self._functions.values(), *self._draining]
             tick = policy.reap_tick(
                 t for fv in versions
                 for t in (min(fv.config.idle_timeout_s, INFREQUENT_IDLE_S),
                           fv.config.zygote_idle_timeout_s))
-            with trio.move_on_after(tick):
+            with trio.move_on_at(look + tick):
                 await self._reap_lot.park()  # a deploy with shorter timeouts wakes it early
-            # Taken out of service now (DRAINING: never handed out), stopped one by one.
-            for i, inst in enumerate(self._reap_pass(trio.current_time())):
+            # Taken out of service now (DRAINING: never handed out), and stopped one
+            # by one over the tick to the next look.
+            look = trio.current_time()
+            for i, inst in enumerate(self._reap_pass(look)):
                 if i:
-                    await trio.sleep(REAP_SPACING_S)
+                    await trio.sleep_until(look + tick * i / REAP_PER_TICK)
                 self._retire(inst)  # (a no-op if a drain retired it meanwhile)
 
     def _reap_pass(self, now: float) -> list[InstanceHandle]:

@@ -398,7 +398,7 @@ async def test_a_mass_expiry_stops_its_instances_one_at_a_time(
     runtime, make_function, tmp_path
 ) -> None:
     # Six idle instances expire at once: all are taken out of service (DRAINING) in one
-    # look of the reaper, then stopped REAP_SPACING_S apart, not all in one go.
+    # look of the reaper, then stopped one at a time over its tick, not all in one go.
     await runtime.deploy("mass", source=make_function(app=GATED), handler="app.handler")
     async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
         for _ in range(6):
