@@ -99,6 +99,9 @@ def zipf_scenario(quick: bool, memory_mb: int = 1769) -> dict[str, Any]:
                    "warmup_s": warmup, "handler": "sleep 1 ms", "zipf_s": 1.0,
                    "memory_mb": memory_mb},
         "summary": summ,
+        # Requests over 5 ms per second of the window: a tail's shape in time (the
+        # reaper's mass expiry showed as a step 40 s in).
+        "over_5ms_per_second": [h.count_at_least(5001) for h in stats.timeline_latency],
         "top10": {"invocations": top_total, "warm_or_prewarmed": top_hot,
                   "share": round(top_hot / top_total, 5) if top_total else None},
         "server_counts": {f"{f}|{s}|{o}": n for (f, s, o), n in counts.items()},
