@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import textwrap
-import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +9,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, zip_of
 
 GATED = """
 import os, time
@@ -25,16 +22,9 @@ def handler(event, context):
 """
 
 
-def zip_of(source: str) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("app.py", textwrap.dedent(source))
-    return buf.getvalue()
-
-
 def deploy(client: httpx.Client, name: str, source: str, **config: object) -> httpx.Response:
     params = {"handler": "app.handler", **{k: str(v) for k, v in config.items()}}
-    return client.put(f"/v1/functions/{name}", params=params, content=zip_of(source),
+    return client.put(f"/v1/functions/{name}", params=params, content=zip_of(app=source),
                       headers={"content-type": "application/zip"})
 
 
@@ -151,7 +141,7 @@ async def test_prewarm_instances_are_ready_from_deployment_on(
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         r = await client.put("/v1/functions/ready", params={"handler": "app.handler",
                                                             "prewarm": "3"},
-                             content=zip_of("def handler(e, c):\n    return 1\n"),
+                             content=zip_of(app="def handler(e, c):\n    return 1\n"),
                              headers={"content-type": "application/zip"})
         assert r.status_code == 201
         with trio.fail_after(30):

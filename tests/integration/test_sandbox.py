@@ -48,7 +48,7 @@ from fastfaas import wire
 from fastfaas.runtime.cgroups import INSTANCE_PIDS_MAX, PREFIX, detect
 from fastfaas.runtime.runtime import strict_unavailable
 from fastfaas.worker.sandbox import runtime_paths
-from tests.conftest import ServerProcess, alive, descendants
+from tests.conftest import ServerProcess, alive, descendants, invoke
 
 CASES = Path(__file__).parent / "sandbox_cases"
 UNSHARE = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
@@ -116,10 +116,6 @@ def deploy(client: httpx.Client, name: str, module: str, handler: str = "handler
     assert r.status_code in (200, 201), r.text
     body: dict[str, Any] = r.json()
     return body
-
-
-def invoke(client: httpx.Client, name: str, event: Any = None) -> httpx.Response:
-    return client.post(f"/v1/functions/{name}/invoke", json={} if event is None else event)
 
 
 def ok(r: httpx.Response) -> Any:
