@@ -61,6 +61,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -334,11 +335,11 @@ def start_uvicorn(tmp: Path) -> Server:
                   tmp / "uvicorn.log", "/")
 
 
-def start_fastfaas(tmp: Path) -> Server:
+def start_fastfaas(tmp: Path, extra: Sequence[str] = ()) -> Server:
     data_dir = tmp / "fastfaas-data"
     data_dir.mkdir()
     argv = [sys.executable, "-m", "fastfaas", "serve", "--host", HOST, "--port", "0",
-            "--data-dir", str(data_dir)]
+            "--data-dir", str(data_dir), *extra]
     return Server("fastfaas", argv, dict(os.environ), "stdout",
                   rb"fastfaas: listening on http://[\d.]+:(\d+)", tmp / "fastfaas.log",
                   f"/v1/functions/{FUNCTION}/invoke")
@@ -699,7 +700,8 @@ def check_prerequisites(names: list[str]) -> None:
         raise BenchError("missing prerequisites: " + "; ".join(missing))
 
 
-def run(params: Params, names: list[str], tmp: Path) -> dict[str, Any]:
+def run(params: Params, names: list[str], tmp: Path,
+        fastfaas_args: Sequence[str] = ()) -> dict[str, Any]:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
     servers: dict[str, Server] = {}
@@ -707,7 +709,7 @@ def run(params: Params, names: list[str], tmp: Path) -> dict[str, Any]:
     try:
         # Started in TARGETS order, so fastfaas is measured first in round 1.
         if "fastfaas" in names:
-            servers["fastfaas"] = start_fastfaas(tmp)
+            servers["fastfaas"] = start_fastfaas(tmp, fastfaas_args)
             log(f"fastfaas listening on port {servers['fastfaas'].port}")
             out["fastfaas_setup"] = deploy_fastfaas(servers["fastfaas"], params.memory_mb)
             log(f"deployed {FUNCTION}; first invoke {out['fastfaas_setup']['first_invoke']}")
@@ -737,6 +739,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the JSON report's path (default "
                         "bench/results/http-warm-<date>-<git short sha>.json)")
     parser.add_argument("--only", choices=TARGETS, help="measure one server alone")
+    parser.add_argument("--server-cpus", metavar="LIST",
+                        help="fastfaas serve --server-cpus LIST: the server on these CPUs,"
+                             " its functions on the others (uvicorn runs anywhere)")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     overrides = {k: v for k, v in (("rounds", args.rounds), ("duration_s", args.duration),
@@ -751,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
         check_prerequisites(names)
         machine = machine_info()
         with tempfile.TemporaryDirectory(prefix="fastfaas-http-bench-") as tmp:
-            measured = run(params, names, Path(tmp))
+            fastfaas_args = ("--server-cpus", args.server_cpus) if args.server_cpus else ()
+            measured = run(params, names, Path(tmp), fastfaas_args)
     except BenchError as exc:
         print(f"http_warm: {exc}", file=sys.stderr)
         return 1
@@ -769,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "handler": "bench/functions/ok/app.py: handler(event, context) -> {'ok': True}",
             "request": "POST, Content-Type: application/json, body {}",
+            "fastfaas_server_cpus": args.server_cpus,
             "fastfaas": f"python -m fastfaas serve; PUT /v1/functions/{FUNCTION} (zip of "
                         "app.py, handler=app.handler); POST .../invoke",
             "uvicorn": "raw ASGI app bench/baselines/asgi_ok.py calling the same handler "

@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
                         " instance before another serves it (default 1)")
     s.add_argument("--async-concurrency", type=int, default=32,
                    help="queued (Event) invocations run at once (default 32)")
+    s.add_argument("--server-cpus", default=None, metavar="LIST",
+                   help="run the server on these CPUs (e.g. 0, or 0-1,4) and every function"
+                        " process on the others, so that an instance it wakes never takes"
+                        " its CPU (default: everything anywhere)")
     s.add_argument("--allow-source-builds", action="store_true",
                    help="let pip build requirements from source (runs their build code)")
     s.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
@@ -214,6 +218,43 @@ def _credentials(items: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def parse_cpus(text: str) -> frozenset[int]:
+    """A CPU list as taskset and /sys write it: "0", "0-2,5"."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list (like 0 or 0-1,4)")
+        lo, hi = int(first), int(last) if dash else int(first)
+        if hi < lo:
+            raise ValueError(f"{part!r}: a range goes up (like 0-1)")
+        cpus.update(range(lo, hi + 1))
+    return frozenset(cpus)
+
+
+def _pin_server(text: str) -> frozenset[int]:
+    """Keep this process (and the threads it starts) to the CPUs of `text`; the CPUs
+    left for the function processes. Exits with status 2 on a list that cannot be."""
+    usable = os.sched_getaffinity(0)
+    try:
+        server = parse_cpus(text)
+    except ValueError as exc:
+        print(f"fastfaas: --server-cpus {exc}", file=sys.stderr)
+        sys.exit(2)
+    rest = usable - server
+    if not server <= usable or not rest:
+        print(f"fastfaas: --server-cpus {text}: must be some of the CPUs this process may"
+              f" run on ({_cpu_list(usable)}), leaving at least one for the functions",
+              file=sys.stderr)
+        sys.exit(2)
+    os.sched_setaffinity(0, server)  # before any thread: they inherit it
+    return frozenset(rest)
+
+
+def _cpu_list(cpus: set[int] | frozenset[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
 def _serve(args: argparse.Namespace) -> None:
     import trio
 
@@ -230,6 +271,9 @@ def _serve(args: argparse.Namespace) -> None:
               file=sys.stderr)
         sys.exit(2)
 
+    function_cpus = None
+    if args.server_cpus is not None:
+        function_cpus = _pin_server(args.server_cpus)
     opts = ServeOptions(
         host=args.host, port=args.port, data_dir=args.data_dir, examples=args.examples,
         token=args.token, max_body_mb=args.max_body_mb,
@@ -245,7 +289,8 @@ def _serve(args: argparse.Namespace) -> None:
         allow_source_builds=args.allow_source_builds,
         pip_args=tuple(args.pip_arg),
         limits=Limits(header_timeout_s=args.header_timeout_s,
-                      keepalive_timeout_s=args.keepalive_timeout_s))
+                      keepalive_timeout_s=args.keepalive_timeout_s),
+        function_cpus=function_cpus)
     try:
         from fastfaas.http.stalls import from_environment
 

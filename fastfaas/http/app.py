@@ -53,6 +53,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     allow_source_builds: bool = False
     pip_args: Sequence[str] = ()
     limits: Limits = Limits()
+    function_cpus: frozenset[int] | None = None  # (the CLI's --server-cpus: the rest)
 
 
 def is_loopback(host: str) -> bool:
@@ -132,7 +133,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            isolation=opts.isolation, sandbox_uid=opts.sandbox_uid,
                            sandbox_gid=opts.sandbox_uid,
                            sandbox_expose=opts.sandbox_expose,
-                           allow_weaker_isolation=opts.allow_weaker_isolation) as rt, \
+                           allow_weaker_isolation=opts.allow_weaker_isolation,
+                           function_cpus=opts.function_cpus) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import functools
 import hmac
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -432,6 +433,8 @@ class NativeApi:
             "status": "ok",
             "cgroups": {"mode": cg["mode"], "enabled": cg["enabled"], "reason": cg["reason"]},
             "isolation": stats["isolation"],
+            "cpus": {"server": sorted(os.sched_getaffinity(0)),
+                     "functions": stats["function_cpus"]},  # None: anywhere
             "functions": len(stats["functions"]),
             "zygotes": stats["zygotes"],
             "warming_pool": stats["warming_pool"]["ready"],

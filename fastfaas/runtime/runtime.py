@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NamedTuple
@@ -194,6 +194,9 @@ class Runtime:
             default (by default the default is also the floor).
         auto_size_after: a function with `auto_size` gets a new size after
             this many invocations at its current size (if its usage says so).
+        function_cpus: the CPUs the template, zygotes and instances run on
+            (default: wherever this process may). With the server kept to the
+            others, an instance it wakes never takes its CPU.
 
     `on_size_change(name, change)`, when set, is called (in the trio thread)
     each time auto_size applies a size: the server keeps the new size.
@@ -224,6 +227,7 @@ class Runtime:
         sandbox_expose: Sequence[str | os.PathLike[str]] = (),
         allow_weaker_isolation: bool = False,
         auto_size_after: int = sizing.AUTO_AFTER,
+        function_cpus: Collection[int] | None = None,
     ) -> None:
         if auto_size_after < sizing.MIN_SAMPLES:
             raise ValueError(f"auto_size_after must be >= {sizing.MIN_SAMPLES}")
@@ -283,7 +287,14 @@ class Runtime:
         self.on_size_change: Callable[[str, sizing.SizeChange], None] | None = None
         self._say = SaidOnce("the server goes on")  # background failures
         self._log_entries = log_entries
-        self.template = Template(python, cwd="/")
+        self.function_cpus = None if function_cpus is None else frozenset(function_cpus)
+        if self.function_cpus is not None:
+            # (Not only those this process may use now: a server keeps itself to others.)
+            online = range(os.cpu_count() or 1)
+            if not self.function_cpus or not self.function_cpus <= set(online):
+                raise ValueError(f"function_cpus {sorted(self.function_cpus)} must be some of"
+                                 f" this machine's CPUs, 0-{online[-1]}")
+        self.template = Template(python, cwd="/", cpus=self.function_cpus)
         self._template_up = trio.Event()
         self._template_restarts: collections.deque[float] = collections.deque()
         self.table = _native.InstanceTable()
@@ -1529,7 +1540,8 @@ class Runtime:
         """
         first = True
         while True:
-            template = self.template if first else Template(self.python, cwd="/")
+            template = self.template if first else Template(self.python, cwd="/",
+                                                            cpus=self.function_cpus)
             self.template = template
             failed: BaseException | None = None
             try:
@@ -2350,6 +2362,7 @@ class Runtime:
             "isolation": {"default": self.isolation, "available": list(self.isolation_levels),
                           "reason": self.isolation_reason},
             "template": {"pid": self.template.pid, "running": self.template.ready.is_set()},
+            "function_cpus": None if self.function_cpus is None else sorted(self.function_cpus),
             "warming_pool": {"ready": len(self._pool), "forking": self._pool_forking,
                              "target": self._pool_sizer.current,
                              "minimum": self._pool_sizer.minimum,

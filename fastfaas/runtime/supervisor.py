@@ -249,9 +249,11 @@ class ZygoteHandle:
 class Template:
     """The template zygote process and its control socket."""
 
-    def __init__(self, python: str = sys.executable, cwd: str = "/") -> None:
+    def __init__(self, python: str = sys.executable, cwd: str = "/",
+                 cpus: frozenset[int] | None = None) -> None:
         self.python = python
         self.cwd = cwd
+        self.cpus = cpus  # where it, and so every zygote and instance, may run
         self.proc: subprocess.Popen[bytes] | None = None
         self.chan: AsyncChannel | None = None
         self._liveness_w = -1
@@ -288,6 +290,16 @@ class Template:
             template_end.close()
             os.close(live_r)
         self.pid = self.proc.pid
+        if self.cpus is not None:
+            # Before the server asks it for a fork: every process after inherits it.
+            try:
+                os.sched_setaffinity(self.pid, self.cpus)
+            except OSError:
+                self.proc.kill()
+                self.proc.wait()
+                server_end.close()
+                os.close(live_w)
+                raise
         self._liveness_w = live_w
         self.chan = AsyncChannel(server_end)
 
