@@ -315,6 +315,7 @@ class Runtime:
         # Cleaning up dead processes' cgroups: one worker thread at a time (see
         # REAP_PER_TICK), off the event loop but not crowding it.
         self._cleanup_limiter = trio.CapacityLimiter(1)
+        self._reaping: list[InstanceHandle] = []  # out of service, stopped over a tick
         self._deadlines = policy.Deadlines()
         self._deadline_lot = trio.lowlevel.ParkingLot()
         self._watching_until = math.inf
@@ -1387,6 +1388,11 @@ class Runtime:
             for other in self._functions.values() if other.name != fv.name
             for inst in other.instances.values()
             if not inst.dead and self.table.state(inst.table_id) == _native.STATE_IDLE]
+        # Those the reaper has taken out of service but not stopped yet go first.
+        candidates += [
+            policy.Candidate(inst, inst.fv.name, False, -math.inf,
+                             (inst.memory or inst.fv.instance_memory) if by_memory else 1)
+            for inst in self._reaping if not inst.dead and inst.fv.name != fv.name]
         chosen = policy.eviction_order(candidates, need=need, protect=fv.name)
         for c in chosen:
             self.table.set_state(c.key.table_id, _native.STATE_DRAINING)
@@ -2277,20 +2283,26 @@ class Runtime:
     async def _reap_idle(self) -> None:
         look = trio.current_time()
         while True:
-            versions = [*self._functions.values(), *self._draining]
-            tick = policy.reap_tick(
-                t for fv in versions
-                for t in (min(fv.config.idle_timeout_s, INFREQUENT_IDLE_S),
-                          fv.config.zygote_idle_timeout_s))
-            with trio.move_on_at(look + tick):
+            with trio.move_on_at(look + self._reap_tick()):
                 await self._reap_lot.park()  # a deploy with shorter timeouts wakes it early
             # Taken out of service now (DRAINING: never handed out), and stopped one
-            # by one over the tick to the next look.
+            # by one over the tick to the next look (eviction may stop them sooner).
             look = trio.current_time()
-            for i, inst in enumerate(self._reap_pass(look)):
-                if i:
-                    await trio.sleep_until(look + tick * i / REAP_PER_TICK)
-                self._retire(inst)  # (a no-op if a drain retired it meanwhile)
+            tick = self._reap_tick()
+            self._reaping = self._reap_pass(look)
+            try:
+                for i, inst in enumerate(self._reaping):
+                    if i:
+                        await trio.sleep_until(look + tick * i / REAP_PER_TICK)
+                    self._retire(inst)  # (a no-op if an eviction stopped it already)
+            finally:
+                self._reaping = []
+
+    def _reap_tick(self) -> float:
+        return policy.reap_tick(
+            t for fv in [*self._functions.values(), *self._draining]
+            for t in (min(fv.config.idle_timeout_s, INFREQUENT_IDLE_S),
+                      fv.config.zygote_idle_timeout_s))
 
     def _reap_pass(self, now: float) -> list[InstanceHandle]:
         """One look of the reaper: stops the zygotes past their idle timeout, and
