@@ -1395,7 +1395,8 @@ class Runtime:
             for inst in self._reaping if not inst.dead and inst.fv.name != fv.name]
         chosen = policy.eviction_order(candidates, need=need, protect=fv.name)
         for c in chosen:
-            self.table.set_state(c.key.table_id, _native.STATE_DRAINING)
+            if self.table.state(c.key.table_id) == _native.STATE_IDLE:  # (not the reaper's)
+                self.table.set_state(c.key.table_id, _native.STATE_DRAINING)
             self._retire(c.key)
         return chosen
 

@@ -84,3 +84,35 @@ async def test_the_instance_cap_from_rlimit_nofile_evicts_then_refuses(
                 await rt.invoke("a")
             await gate.release()
         assert first_a.ok
+
+
+async def test_instances_the_reaper_has_not_stopped_yet_make_room_first(
+    tmp_path: Path, make_function, cgroups_mode: str
+) -> None:
+    # The reaper takes expired instances out of service in one look and stops them
+    # one at a time over the next second; meanwhile they still count, and a start
+    # that needs room stops them at once rather than being refused.
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                spares=0) as rt:
+        await rt.deploy("old", source=make_function(app=GATED), handler="app.handler",
+                        idle_timeout_s=4)  # the reaper looks once a second
+        await rt.deploy("new", source=make_function(app=GATED), handler="app.handler",
+                        timeout_s=60)  # held through old's expiry
+        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(rt.invoke, "old", {"gate": gate.path})
+            await gate.wait_arrivals(6)
+            await gate.release()
+        async with open_gate(tmp_path / "..") as gate, trio.open_nursery() as nursery:
+            nursery.start_soon(rt.invoke, "new", {"gate": gate.path})
+            await gate.wait_arrivals(1)  # new's only instance busy
+            rt._max_instances = 2  # as if RLIMIT_NOFILE allowed two instances
+            with trio.fail_after(30):
+                while rt.statistics()["functions"]["old"]["instances"]["draining"] < 2:
+                    await rt.wait_changed()
+            # Two or more of old's are waiting to be stopped, 62 ms apart: a start of
+            # new needs room for one more instance.
+            second = await rt.invoke("new", {"gate": "/nonexistent"})
+            assert second.start in ("forked", "prewarmed")
+            assert rt.statistics()["counters"]["evicted_for_descriptors"] >= 1
+            await gate.release()
