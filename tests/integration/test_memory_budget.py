@@ -10,7 +10,7 @@ import trio
 
 import fastfaas
 from fastfaas.errors import TooManyRequestsError
-from tests.integration.test_runtime import GATED, open_gate
+from tests.integration.test_runtime import GATED, idle_instances, open_gate
 
 TRIVIAL = "import os\ndef handler(e, c):\n    return os.getpid()\n"
 
@@ -33,11 +33,7 @@ async def test_idle_instances_of_others_are_evicted_lru_first_then_starts_refuse
     async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
                                 spares=0) as rt:
         await rt.deploy("old", source=make_function(app=GATED), handler="app.handler")
-        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
-            for _ in range(3):
-                nursery.start_soon(rt.invoke, "old", {"gate": gate.path})
-            await gate.wait_arrivals(3)
-            await gate.release()
+        await idle_instances(rt, "old", 3, tmp_path)
         old = rt._functions["old"]
         assert rt.statistics()["functions"]["old"]["instances"]["warm"] == 3
         lru = min(old.instances.values(), key=lambda i: i.idle_since)
@@ -98,12 +94,9 @@ async def test_instances_the_reaper_has_not_stopped_yet_make_room_first(
                         idle_timeout_s=4)  # the reaper looks once a second
         await rt.deploy("new", source=make_function(app=GATED), handler="app.handler",
                         timeout_s=60)  # held through old's expiry
-        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
-            for _ in range(6):
-                nursery.start_soon(rt.invoke, "old", {"gate": gate.path})
-            await gate.wait_arrivals(6)
-            await gate.release()
-        async with open_gate(tmp_path / "..") as gate, trio.open_nursery() as nursery:
+        await idle_instances(rt, "old", 6, tmp_path)
+        (tmp_path / "held").mkdir()  # a gate of its own (the last one's socket file stays)
+        async with open_gate(tmp_path / "held") as gate, trio.open_nursery() as nursery:
             nursery.start_soon(rt.invoke, "new", {"gate": gate.path})
             await gate.wait_arrivals(1)  # new's only instance busy
             rt._max_instances = 2  # as if RLIMIT_NOFILE allowed two instances

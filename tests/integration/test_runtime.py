@@ -85,6 +85,15 @@ async def open_gate(tmp_path: Path) -> AsyncIterator[Gate]:
     gate.listener.close()
 
 
+async def idle_instances(rt: fastfaas.Runtime, name: str, n: int, tmp_path: Path) -> None:
+    """`n` instances of GATED function `name`: all held busy at once, then idle."""
+    async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(rt.invoke, name, {"gate": gate.path})
+        await gate.wait_arrivals(n)
+        await gate.release()
+
+
 async def wait_exit(pid: int) -> None:
     """Until process `pid` has exited (pidfd readable), at most 10 s."""
     try:
@@ -400,11 +409,7 @@ async def test_a_mass_expiry_stops_its_instances_one_at_a_time(
     # Six idle instances expire at once: all are taken out of service (DRAINING) in one
     # look of the reaper, then stopped one at a time over its tick, not all in one go.
     await runtime.deploy("mass", source=make_function(app=GATED), handler="app.handler")
-    async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
-        for _ in range(6):
-            nursery.start_soon(runtime.invoke, "mass", {"gate": gate.path})
-        await gate.wait_arrivals(6)
-        await gate.release()
+    await idle_instances(runtime, "mass", 6, tmp_path)
     counts = runtime.describe("mass")["state"]["instances"]
     assert counts["warm"] == 6 and counts["draining"] == 0
     reaped = runtime.statistics()["counters"].get("instances_reaped", 0)
