@@ -298,11 +298,7 @@ class HttpServer:
                 self._accept_failed("cannot watch a connection", exc)
                 self._close(conn)
                 continue
-            try:
-                self._serve_ready(conn)
-            except Exception:
-                traceback.print_exc()
-                self._close(conn)
+            self._serve_safely(conn)
 
     # --- the pump's side: no waiting -------------------------------------------------
 
@@ -388,6 +384,13 @@ class HttpServer:
                 if not self._advance(conn):
                     return
             answered = True
+
+    def _serve_safely(self, conn: _Conn) -> None:
+        try:
+            self._serve_ready(conn)
+        except Exception:  # a bug of ours: this connection goes, the server stays
+            traceback.print_exc()
+            self._close(conn)
 
     def _advance(self, conn: _Conn) -> bool:
         """Step the fast-path request in flight; True once answered and `conn` may go on."""
@@ -508,13 +511,8 @@ class HttpServer:
             conn.task = False
             if not go_on or conn.timed_out:
                 self._close(conn)
-        if conn.closed:
-            return
-        try:
-            self._serve_ready(conn)
-        except Exception:
-            traceback.print_exc()
-            self._close(conn)
+        if not conn.closed:
+            self._serve_safely(conn)
 
     async def _answer(self, conn: _Conn, request: Request,
                       respond: Callable[[], Awaitable[Response]]) -> bool:

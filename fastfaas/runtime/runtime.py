@@ -2458,8 +2458,7 @@ class FastCall:
             done = rt._finish_now(self.fv, self.inst, self.start, self.request_id, got,
                                   self.cpu_base)
         except BaseException:  # what invoke's finally clauses would undo
-            rt._call_done(self.fv, self.replace_after)
-            rt.limits.release(self.fv.name)
+            self._end()
             raise
         if not isinstance(done, InvocationResult):
             self.later = done
@@ -2484,8 +2483,12 @@ class FastCall:
         if self.entry is not None:
             self.entry.finish()
         rt._retire(self.inst)
-        rt._call_done(self.fv, self.replace_after)
-        rt.limits.release(self.fv.name)
+        self._end()
+
+    def _end(self) -> None:
+        """What `invoke`'s finally clauses do at a call's end."""
+        self.rt._call_done(self.fv, self.replace_after)
+        self.rt.limits.release(self.fv.name)
 
     async def _run_to_end(self) -> None:
         try:

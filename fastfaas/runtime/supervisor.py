@@ -282,6 +282,14 @@ class Template:
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
             )
+            if self.cpus is not None:
+                # Before the server asks it for a fork: every process after inherits it.
+                try:
+                    os.sched_setaffinity(self.proc.pid, self.cpus)
+                except OSError:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise
         except BaseException:
             server_end.close()
             os.close(live_w)
@@ -290,16 +298,6 @@ class Template:
             template_end.close()
             os.close(live_r)
         self.pid = self.proc.pid
-        if self.cpus is not None:
-            # Before the server asks it for a fork: every process after inherits it.
-            try:
-                os.sched_setaffinity(self.pid, self.cpus)
-            except OSError:
-                self.proc.kill()
-                self.proc.wait()
-                server_end.close()
-                os.close(live_w)
-                raise
         self._liveness_w = live_w
         self.chan = AsyncChannel(server_end)
 
