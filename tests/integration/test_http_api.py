@@ -965,11 +965,14 @@ def test_client_disconnect_does_not_kill_the_invocation(
                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(event), event))
         time.sleep(0.1)  # the handler is busy now; hang up on it
+    # The file exists from the handler's open() on, before its line is written: wait
+    # for the line (a check of existence alone read '' once in CI).
     deadline = time.monotonic() + WAIT_S
-    while not out.exists():
-        assert time.monotonic() < deadline, "the abandoned invocation never finished"
+    while not (out.exists() and out.read_text() == "first\n"):
+        assert time.monotonic() < deadline, (
+            "the abandoned invocation never finished: "
+            f"{out.read_text() if out.exists() else 'no file'!r}")
         time.sleep(0.02)
-    assert out.read_text() == "first\n"
 
     r = invoke(client, "writer", {"path": str(out), "busy_s": 0, "line": "second"})
     assert r.status_code == 200, r.text
