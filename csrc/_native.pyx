@@ -4,7 +4,7 @@
 from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport strerror
+from libc.string cimport memcpy, strerror
 from posix.types cimport pid_t
 
 from ff cimport *
@@ -283,6 +283,32 @@ def read_i64(int fd):
     if rc < 0:
         raise _oserror(-rc, f"read integer from fd {fd}")
     return v
+
+
+def remove_tree(path, int attempts=200, double retry_s=0.005):
+    """Kill every task in the cgroup tree at `path` and remove it, deepest first
+    (see ff_remove_tree). Runs without the GIL: a worker thread removing
+    cgroups does not hold up the event loop. OSError names the directory that
+    could not be removed."""
+    cdef bytes root = os.fsencode(path)
+    cdef size_t cap = 4096
+    cdef char *buf
+    cdef int rc
+    cdef long retry_ns = <long>(retry_s * 1e9)
+    if len(root) >= cap or b"\0" in root:
+        raise ValueError(f"not a cgroup directory path: {path!r}")
+    buf = <char *>malloc(cap)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        memcpy(buf, <const char *>root, len(root) + 1)
+        with nogil:
+            rc = ff_remove_tree(buf, cap, attempts, retry_ns)
+        if rc < 0:
+            failed = os.fsdecode(<bytes>buf)
+            raise OSError(-rc, os.strerror(-rc), failed)
+    finally:
+        free(buf)
 
 
 def uuid4_at(bytes pool, Py_ssize_t pos):

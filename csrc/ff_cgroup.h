@@ -3,6 +3,7 @@
 #ifndef FF_CGROUP_H
 #define FF_CGROUP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define FF_VCPU_MB 1769       /* one vCPU per 1769 MB, as on Lambda */
@@ -21,5 +22,14 @@ int ff_write_at0(int fd, const char *buf, int len);
 int ff_read_i64(int fd, int64_t *out);
 /* The integer after `key ` at a line start ("oom_kill 3", "usage_usec 12"). */
 int ff_read_keyed_i64(int fd, const char *key, int64_t *out);
+
+/* Kill every task in the cgroup tree at `path` and remove its directories,
+ * deepest first. A v1 freezer cgroup is thawed first (frozen tasks die only
+ * once thawed); a directory still busy with tasks on their way out is tried
+ * again after `retry_ns`, up to `attempts` times, since nothing signals their
+ * exit. `path` is a buffer of `cap` bytes holding the root; on failure it
+ * holds the directory that could not be removed. Returns 0 (also when the
+ * root is already gone) or -errno. Blocks: call it without the GIL. */
+int ff_remove_tree(char *path, size_t cap, int attempts, long retry_ns);
 
 #endif

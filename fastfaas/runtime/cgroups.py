@@ -17,9 +17,6 @@ import contextlib
 import errno
 import itertools
 import os
-import signal
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -32,6 +29,9 @@ INSTANCE_PIDS_MAX: Final = 1024
 ZYGOTE_PIDS_MAX: Final = 4096
 CFS_PERIOD_US: Final = 100_000
 PREFIX: Final = "fastfaas-"
+# Killed tasks leave their cgroup as they exit, and nothing signals that: rmdir
+# is tried again after this long.
+REMOVE_RETRY_S: Final = 0.005
 MiB: Final = 1024 * 1024
 
 
@@ -562,36 +562,13 @@ def read_pids(d: Path) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def _walk_bottom_up(root: Path) -> Iterator[Path]:
-    try:
-        children = [p for p in root.iterdir() if p.is_dir()]
-    except OSError:
-        children = []
-    for child in children:
-        yield from _walk_bottom_up(child)
-    yield root
-
-
 def remove_tree(root: Path, attempts: int = 200) -> None:
-    """Kill every task in a fastfaas cgroup subtree and rmdir it, deepest first."""
-    for d in _walk_bottom_up(root):
-        if (d / "freezer.state").exists():  # frozen tasks die only once thawed
-            with contextlib.suppress(OSError):
-                (d / "freezer.state").write_text("THAWED")
-        for attempt in range(attempts):
-            pids = read_pids(d)
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            try:
-                os.rmdir(d)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EBUSY or attempt == attempts - 1:
-                    raise CgroupError(
-                        exc.errno, f"cannot remove cgroup {d}: {exc.strerror}"
-                    ) from exc
-                # Killed tasks leave the cgroup as they exit; nothing signals that.
-                time.sleep(0.005)
+    """Kill every task in a fastfaas cgroup subtree and rmdir it, deepest first.
+
+    In C without the interpreter's lock: a worker thread removing cgroups took
+    the lock for every path operation in Python and held up the event loop."""
+    try:
+        _native.remove_tree(root, attempts, REMOVE_RETRY_S)
+    except OSError as exc:
+        raise CgroupError(exc.errno,
+                          f"cannot remove cgroup {exc.filename}: {exc.strerror}") from exc

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import resource
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 import fastfaas
 from fastfaas import _native
-from fastfaas.runtime.cgroups import CHILD_KERNEL_BYTES
+from fastfaas.errors import CgroupError
+from fastfaas.runtime.cgroups import CHILD_KERNEL_BYTES, JOIN_FILE, Cgroups, remove_tree
 from fastfaas.runtime.runtime import SPARES_MAX
 
 CGROUP_REPORT = """
@@ -113,3 +117,48 @@ def test_cgroups_mode_is_validated() -> None:
     with pytest.raises(ValueError, match="cgroups mode"):
         fastfaas.Runtime(cgroups="sometimes")
     assert resource.RLIMIT_DATA  # the fallback's limit exists on this platform
+
+
+@pytest.mark.cgroups
+def test_remove_tree_kills_what_is_inside_thaws_and_removes_deepest_first() -> None:
+    groups = Cgroups("require")
+    groups.start()
+    sleepers: list[subprocess.Popen[bytes]] = []
+    try:
+        trees = []
+        for h, root in groups.roots.items():
+            leaf = root / "t" / "a" / "b"
+            leaf.mkdir(parents=True)
+            (root / "t" / "c").mkdir()
+            p = subprocess.Popen(["sleep", "600"])
+            sleepers.append(p)
+            (leaf / JOIN_FILE[h.version]).write_text(str(p.pid))
+            if h.version == 1 and "freezer" in h.controllers:
+                (leaf / "freezer.state").write_text("FROZEN")
+                assert (leaf / "freezer.state").read_text().strip() in ("FREEZING", "FROZEN")
+            trees.append(root / "t")
+        assert any("freezer" in h.controllers for h in groups.roots)  # a frozen leaf was made
+        for tree in trees:
+            remove_tree(tree)
+            assert not tree.exists()
+            remove_tree(tree)  # gone already: nothing to do
+        for p in sleepers:
+            assert p.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+        groups.close()
+    assert not any(root.exists() for root in groups.roots.values())
+
+
+def test_remove_tree_names_the_directory_it_cannot_remove(tmp_path: Path) -> None:
+    stuck = tmp_path / "t" / "a" / "full"
+    stuck.mkdir(parents=True)
+    (stuck / "file").write_text("rmdir refuses a directory that is not empty\n")
+    (tmp_path / "t" / "b").mkdir()
+    with pytest.raises(CgroupError) as caught:
+        remove_tree(tmp_path / "t", attempts=3)
+    assert caught.value.errno == errno.ENOTEMPTY
+    assert f"cannot remove cgroup {stuck}:" in str(caught.value)
+    assert (stuck / "file").exists()
