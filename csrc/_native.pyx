@@ -285,6 +285,36 @@ def read_i64(int fd):
     return v
 
 
+def read_files_i64(list paths):
+    """The first integer of each file named in `paths` (bytes), 0 for one that
+    cannot be read (a cgroup gone meanwhile): a memory pass over thousands of
+    cgroups, read without the GIL (call it from a worker thread)."""
+    cdef tuple keep = tuple(paths)  # holds the bytes while the GIL is released
+    cdef Py_ssize_t n = len(keep), i
+    cdef const char **names
+    cdef int64_t *values
+    for path in keep:
+        if not isinstance(path, bytes):
+            raise TypeError(f"paths must be bytes, not {type(path).__name__}")
+    names = <const char **>malloc((n or 1) * sizeof(char *))
+    values = <int64_t *>malloc((n or 1) * sizeof(int64_t))
+    if names == NULL or values == NULL:
+        free(names)
+        free(values)
+        raise MemoryError()
+    try:
+        for i in range(n):
+            names[i] = <bytes>keep[i]
+        with nogil:
+            for i in range(n):
+                if ff_read_path_i64(names[i], &values[i]) < 0:
+                    values[i] = 0
+        return [values[i] for i in range(n)]
+    finally:
+        free(names)
+        free(values)
+
+
 def remove_tree(path, int attempts=200, double retry_s=0.005):
     """Kill every task in the cgroup tree at `path` and remove it, deepest first
     (see ff_remove_tree). Runs without the GIL: a worker thread removing

@@ -56,6 +56,7 @@ cdef extern from "ff_cgroup.h":
     int ff_write_at0(int fd, const char *buf, int len) nogil
     int ff_read_i64(int fd, int64_t *out) nogil
     int ff_read_keyed_i64(int fd, const char *key, int64_t *out) nogil
+    int ff_read_path_i64(const char *path, int64_t *out) nogil
     int ff_remove_tree(char *path, size_t cap, int attempts, long retry_ns) nogil
 
 

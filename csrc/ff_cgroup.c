@@ -90,6 +90,16 @@ int ff_read_i64(int fd, int64_t *out)
     return parse_i64(buf, buf + n, out);
 }
 
+int ff_read_path_i64(const char *path, int64_t *out)
+{
+    int rc, fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    rc = ff_read_i64(fd, out);
+    close(fd);
+    return rc;
+}
+
 int ff_read_keyed_i64(int fd, const char *key, int64_t *out)
 {
     char buf[4096];

@@ -23,6 +23,9 @@ int ff_read_i64(int fd, int64_t *out);
 /* The integer after `key ` at a line start ("oom_kill 3", "usage_usec 12"). */
 int ff_read_keyed_i64(int fd, const char *key, int64_t *out);
 
+/* The first integer of the file at `path` (as ff_read_i64): 0 or -errno. */
+int ff_read_path_i64(const char *path, int64_t *out);
+
 /* Kill every task in the cgroup tree at `path` and remove its directories,
  * deepest first. A v1 freezer cgroup is thawed first (frozen tasks die only
  * once thawed); a directory still busy with tasks on their way out is tried

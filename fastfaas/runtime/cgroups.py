@@ -180,7 +180,7 @@ class CgroupSet:
     throttled_base: int = 0
     quota_ns: int = 0
     memory_mb: int | None = None  # the size it was last given
-    usage_path: str | None = None  # its memory usage file, once looked up
+    usage_path: bytes | None = None  # its memory usage file, once looked up
     oom_seen: int = 0
 
     def dir_for(self, controller: str) -> Path | None:
@@ -489,29 +489,22 @@ class Cgroups:
         if now is not None:
             cg.throttled_base = now
 
-    def memory_usage(self, cg: CgroupSet) -> int:
-        """The memory cgroup's usage now (bytes), 0 if it has none or is gone.
-
-        Plain os calls on a path worked out once: this runs for every zygote
-        and instance, thousands of times a pass."""
+    def usage_file(self, cg: CgroupSet) -> bytes | None:
+        """Its memory cgroup's usage file (worked out once), None without one."""
         path = cg.usage_path
         if path is None:
             for h, d in cg.dirs.items():
                 if "memory" in h.controllers:
                     name = "memory.current" if h.version == 2 else "memory.usage_in_bytes"
-                    path = cg.usage_path = str(d / name)
-            if path is None:
-                return 0
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
+                    path = cg.usage_path = os.fsencode(d / name)
+        return path
+
+    def memory_usage(self, cg: CgroupSet) -> int:
+        """The memory cgroup's usage now (bytes), 0 if it has none or is gone."""
+        path = self.usage_file(cg)
+        if path is None:
             return 0
-        try:
-            return int(os.read(fd, 32))
-        except (OSError, ValueError):
-            return 0
-        finally:
-            os.close(fd)
+        return _native.read_files_i64([path])[0]
 
     def oom_kills(self, cg: CgroupSet) -> int:
         if cg.oom_fd < 0:

@@ -228,3 +228,15 @@ def test_request_ids_are_uuid4_strings_of_the_pools_bytes() -> None:
     seen = [ids.next() for _ in range(600)]  # past one 4 KB pool of random bytes
     assert len(set(seen)) == 600
     assert all(str(uuid.UUID(s)) == s and uuid.UUID(s).version == 4 for s in seen)
+
+
+def test_read_files_i64_reads_each_files_first_integer_and_0_for_the_unreadable(
+        tmp_path: Path) -> None:
+    files = {"usage": "8192\n", "limit": "max\n", "text": "none\n", "empty": ""}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    paths = [os.fsencode(tmp_path / name) for name in [*files, "gone"]]
+    assert _native.read_files_i64(paths) == [8192, 2**63 - 1, 0, 0, 0]
+    assert _native.read_files_i64([]) == []
+    with pytest.raises(TypeError, match="bytes"):
+        _native.read_files_i64([str(tmp_path / "usage")])  # type: ignore[list-item]
