@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -121,8 +122,8 @@ int ff_read_keyed_i64(int fd, const char *key, int64_t *out)
 }
 
 /* SIGKILL every pid listed in dir/cgroup.procs (path[0..len) is the
- * directory; the buffer has room for the file name). A file gone with its
- * cgroup lists nobody. */
+ * directory; the buffer has room for the file name). A file that cannot be
+ * read (its cgroup gone, or going) lists nobody: rmdir gives the verdict. */
 static int kill_listed(char *path, size_t len, size_t cap)
 {
     static const char procs[] = "/cgroup.procs";
@@ -136,7 +137,7 @@ static int kill_listed(char *path, size_t len, size_t cap)
     fd = open(path, O_RDONLY | O_CLOEXEC);
     path[len] = '\0';
     if (fd < 0)
-        return errno == ENOENT ? 0 : -errno;
+        return 0;
     for (;;) {
         n = read(fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
@@ -145,20 +146,22 @@ static int kill_listed(char *path, size_t len, size_t cap)
             break;
         for (ssize_t i = 0; i < n; i++) {
             if (buf[i] >= '0' && buf[i] <= '9') {
-                pid = pid * 10 + (buf[i] - '0');
+                if (pid <= INT_MAX)  /* a pid is an int: longer is not one */
+                    pid = pid * 10 + (buf[i] - '0');
                 in_number = 1;
             } else if (in_number) {
-                if (pid > 0)
+                if (pid > 0 && pid <= INT_MAX)
                     kill((pid_t)pid, SIGKILL);
                 pid = 0;
                 in_number = 0;
             }
         }
     }
-    if (in_number && pid > 0)
+    /* the last number, only if the file ended there (not cut by an error) */
+    if (n == 0 && in_number && pid > 0 && pid <= INT_MAX)
         kill((pid_t)pid, SIGKILL);
     close(fd);
-    return n < 0 ? -errno : 0;
+    return 0;
 }
 
 static void thaw(char *path, size_t len, size_t cap)
@@ -182,7 +185,6 @@ static int remove_one(char *path, size_t len, size_t cap, int attempts, long ret
 {
     struct timespec pause = { retry_ns / 1000000000L, retry_ns % 1000000000L };
     int rc;
-    thaw(path, len, cap);
     for (int attempt = 0;; attempt++) {
         rc = kill_listed(path, len, cap);
         if (rc < 0)
@@ -208,6 +210,7 @@ static int remove_below(char *path, size_t len, size_t cap, int attempts, long r
     int rc = 0;
     if (depth > FF_TREE_DEPTH)
         return -ELOOP;
+    thaw(path, len, cap);  /* a frozen cgroup keeps the ones below it frozen */
     dir = opendir(path);
     if (dir == NULL) {
         if (errno == ENOENT)

@@ -1440,8 +1440,8 @@ class Runtime:
                     await trio.lowlevel.checkpoint()
             return sizes
         files = [None if o.cgroup is None else self.cgroups.usage_file(o.cgroup) for o in owners]
-        read = iter(await trio.to_thread.run_sync(
-            _native.read_files_i64, [f for f in files if f is not None]))
+        some = [f for f in files if f is not None]
+        read = iter(await trio.to_thread.run_sync(_native.read_files_i64, some) if some else ())
         return [next(read) if f is not None else 0 if o.cgroup is not None
                 else self._memory_of(None, o.proc) for f, o in zip(files, owners, strict=True)]
 

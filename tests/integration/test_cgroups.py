@@ -145,11 +145,12 @@ def test_remove_tree_kills_what_is_inside_thaws_and_removes_deepest_first() -> N
         for p in sleepers:
             assert p.wait(timeout=30) == -signal.SIGKILL
     finally:
+        roots = list(groups.roots.values())
+        groups.close()  # thaws and kills a sleeper a failed assert left behind
         for p in sleepers:
             p.kill()
             p.wait()
-        groups.close()
-    assert not any(root.exists() for root in groups.roots.values())
+    assert roots and not any(root.exists() for root in roots)
 
 
 def test_remove_tree_names_the_directory_it_cannot_remove(tmp_path: Path) -> None:
