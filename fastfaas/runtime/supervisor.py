@@ -282,16 +282,8 @@ class Template:
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            # Before the server asks it for a fork: every process after inherits both.
-            # SCHED_BATCH: a function process woken by its event (or its sleep's end)
-            # waits for the server to block rather than preempting it on its CPU;
-            # the server's thread is what every call goes through. Warm throughput
-            # at 32 connections: median pair ratio 1.09x, 1-connection latency
-            # unchanged. A tuning: where the policy cannot be set (a server itself
-            # under SCHED_IDLE), functions run without it.
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(self.proc.pid, os.SCHED_BATCH, os.sched_param(0))
             if self.cpus is not None:
+                # Before the server asks it for a fork: every process after inherits it.
                 try:
                     os.sched_setaffinity(self.proc.pid, self.cpus)
                 except OSError:

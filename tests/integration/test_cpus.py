@@ -57,20 +57,6 @@ async def test_function_processes_run_on_the_cpus_given(
     assert cpus_of(0) == mine  # the embedding process itself stays where it was
 
 
-async def test_function_processes_do_not_preempt_the_server_on_waking(
-    tmp_path: Path, cgroups_mode: str, make_function: Callable[..., Path]
-) -> None:
-    mine = os.sched_getscheduler(0)
-    async with fastfaas.Runtime(data_dir=tmp_path / "data", cgroups=cgroups_mode) as rt:
-        await rt.deploy("batch", source=make_function(app=PID), handler="app.handler")
-        first = await rt.invoke("batch")
-        assert first.ok, first
-        zygote = rt.describe("batch")["state"]["zygote"]["pid"]
-        for pid in (first.value()["pid"], zygote, rt.template.pid):
-            assert os.sched_getscheduler(pid) == os.SCHED_BATCH
-    assert os.sched_getscheduler(0) == mine  # the server's own thread keeps its policy
-
-
 async def test_cpus_outside_this_process_are_refused(tmp_path: Path) -> None:
     for bad in (set(), {max(USABLE) + 1000}):
         with pytest.raises(ValueError, match="function_cpus"):
