@@ -234,6 +234,14 @@ class Worker:
     async def _run(self) -> Stats:
         plan = self.plan
         self._clock = clock = trio.lowlevel.current_clock().current_time  # one call, not three
+        opened: list[Connection] = []
+        if plan.mode == "open":
+            # Every connection open before the clock starts. Opened by the senders
+            # instead, the arrivals that came due meanwhile (1,024 connections take
+            # a while) went out together: a burst at the start that the plan does
+            # not have (the rising benchmark's first calls were forked starts).
+            self.t_measure = math.inf  # no connect error counts yet
+            await self._open_all(opened)
         self.t_start = clock()
         self.t_measure = self.t_start + plan.warmup_s
         self.t_end = self.t_measure + plan.duration_s
@@ -247,11 +255,12 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watchdog)
                 async with trio.open_nursery() as loops:
-                    for _ in range(self.connections):
+                    for i in range(self.connections):
                         if schedule is None:
                             loops.start_soon(self._closed_loop)
                         else:
-                            loops.start_soon(self._open_sender, schedule)
+                            loops.start_soon(self._open_sender, schedule,
+                                             opened[i] if i < len(opened) else None)
                 nursery.cancel_scope.cancel()
         if schedule is not None:
             now = clock()
@@ -304,14 +313,25 @@ class Worker:
 
     # --- open loop --------------------------------------------------------------
 
-    async def _open_sender(self, schedule: Schedule) -> None:
+    async def _open_all(self, into: list[Connection]) -> None:
+        """Open the share's connections at once (those that fail are opened again
+        by their senders)."""
+        async def one() -> None:
+            conn = await self._connect()
+            if conn is not None:
+                into.append(conn)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.connections):
+                nursery.start_soon(one)
+
+    async def _open_sender(self, schedule: Schedule, conn: Connection | None) -> None:
         """One connection's sender: take the next arrival, send it at its time, repeat.
 
         An arrival already due goes out at once; otherwise only the sender
         holding `_turn` waits for the clock (the others queue for the turn), so
         one task at a time spins through the last SPIN_S before an arrival.
         """
-        conn: Connection | None = None
         clock = self._clock
         stats = self.stats
         try:

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from fastfaas import _native
+from fastfaas.loadgen.client import Connection
 from fastfaas.loadgen.engine import Plan, PreciseTimer, Target, Worker, planned_arrivals
 from fastfaas.loadgen.stats import Stats
 
@@ -147,6 +148,37 @@ async def test_open_loop_charges_a_stall_to_the_requests_that_arrived_during_it(
         held_this_long = sum(1 for t in during if t <= end - d)
         assert latency.count_at_least(int(d * 1e6)) >= held_this_long, d
     assert latency.count_at_least(300_000) >= 1
+
+
+async def test_open_loop_opens_its_connections_before_its_clock_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened by the senders after the start, the connections took the first
+    arrivals' time, and those went out together: a burst the plan does not have."""
+    opened_at: list[float] = []
+    real_open = Connection.open
+
+    async def open_and_note(host: str, port: int) -> Connection:
+        conn = await real_open(host, port)
+        opened_at.append(trio.current_time())
+        return conn
+
+    monkeypatch.setattr(Connection, "open", open_and_note)
+
+    async def answer(received_at: float) -> bool:
+        return True
+
+    async with trio.open_nursery() as nursery:
+        server = MiniServer(answer)
+        await server.start(nursery)
+        plan = open_plan(server.port, connections=64, duration_s=0.3)
+        worker = Worker(plan)
+        stats = await worker.run()
+        nursery.cancel_scope.cancel()
+
+    check_accounting(stats, plan)
+    assert not stats.errors and stats.answered == stats.sent > 0
+    assert len(opened_at) == plan.connections  # one each, none opened again
+    assert max(opened_at) <= worker.t_start
 
 
 async def test_open_loop_accounts_for_requests_never_answered() -> None:
