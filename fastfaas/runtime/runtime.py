@@ -136,8 +136,11 @@ class FunctionVersion:
         # Its last handler on a warm instance ran within the server's spin window:
         # the server polls for the next reply instead of sleeping at once (a longer
         # one would be polled for in vain, taking a CPU the instances need), and a
-        # taken spare is replaced once the call that took it has its answer.
+        # taken spare is replaced once the call that took it has its answer (once
+        # `quick_measured`: a function whose first calls take new instances, as a
+        # burst's do, gets their spares replaced at once, not 50 ms later).
         self.quick = True
+        self.quick_measured = False  # a warm call has run: `quick` comes from it
         self.recommended: tuple[Any, sizing.Recommendation] | None = None  # (key, cached)
         self.isolation = "none"  # set by the Runtime: the level in force
         self.cgrouped = False
@@ -1035,14 +1038,15 @@ class Runtime:
 
     def _count_start(self, fv: FunctionVersion, start: str) -> bool:
         """Count a call's start; for a new instance, size the spares for more and
-        replace it. True: the replacement waits for this call's answer (a quick
-        function's taken spare or fork: its fork would otherwise run beside the call
-        on the same two CPUs), in `_call_done`."""
+        replace it. True: the replacement waits for this call's answer (the taken
+        spare or fork of a function measured quick: its fork would otherwise run
+        beside the call on the same two CPUs), in `_call_done`."""
         self.counters[start] += 1
         if start == "warm":
             return False
         fv.sizer.note_new_instance(self._now())
-        if start in ("prewarmed", "forked") and fv.quick and self._defer_spare_fork:
+        if (start in ("prewarmed", "forked") and fv.quick and fv.quick_measured
+                and self._defer_spare_fork):
             return True
         self._want_spares(fv)
         return False
@@ -1872,6 +1876,7 @@ class Runtime:
             self._set_idle(inst, spare=False)
         if start == "warm":  # a new instance's first call also takes its page faults
             fv.quick = result.duration_ns < self.spin_ns
+            fv.quick_measured = True
         error = None
         if not result.ok:
             kind = errors.RESULT_TOO_LARGE if result.too_large else errors.UNHANDLED

@@ -306,6 +306,35 @@ async def test_a_taken_spare_of_a_quick_handler_is_replaced_once_it_answers(
         assert took[0].start == "prewarmed"
 
 
+async def test_a_spare_taken_before_any_warm_call_is_replaced_at_once(
+        tmp_path, make_function, cgroups_mode) -> None:
+    """A function with no warm call yet is not known to be quick: the spare its
+    first call takes is replaced while that call runs (bench/capacity.py's rising
+    scenario: its three first calls came 24 and 16 ms apart, and the second and
+    third were forked while the first call's replacement waited for its answer)."""
+    code = make_function(app=QUICK_OR_GATED)
+    async with fastfaas.Runtime(data_dir=tmp_path / "d", cgroups=cgroups_mode,
+                                warm_pool_size=0, spares=1, spin_us=20_000) as rt:
+        await rt.deploy("q", source=code, handler="app.handler")
+        assert await rt.warm("q") is None
+
+        def spares() -> int:
+            return int(rt.statistics()["functions"]["q"]["instances"]["spare"])
+
+        with trio.fail_after(30):
+            while spares() < 1:
+                await rt.wait_changed()
+        async with open_gate(tmp_path) as gate, trio.open_nursery() as nursery:
+            took = start_invoke(nursery, rt, "q", {"gate": gate.path})
+            await gate.wait_arrivals(1)  # in its handler, on the spare
+            with trio.fail_after(30):
+                while spares() < 1:
+                    await rt.wait_changed()
+            assert not took  # replaced while the call that took it is in its handler
+            await gate.release()
+        assert took[0].start == "prewarmed"
+
+
 async def test_functions_never_share_a_zygote_or_an_instance(runtime, make_function) -> None:
     code = make_function(app=COUNTER)
     await runtime.deploy("a", source=code, handler="app.handler")
