@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: logging, nearest-rank statistics, machine facts.
+"""What the benchmark scripts share: logging, nearest-rank statistics, machine facts,
+the processes below a server.
 
 Imported as `_common` by scripts run as `python bench/NAME.py` (their folder is
 first on sys.path).
@@ -15,6 +16,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +150,29 @@ def emit(report: dict[str, Any], out: Path | None, indent: int | None = None) ->
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     return 0
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def descendants(root: int) -> dict[int, str]:
+    """{pid: start time} of every live descendant of `root`."""
+    children: dict[int, list[int]] = defaultdict(list)
+    starts: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := proc_stat(int(entry.name))) and fields[0] != "Z":
+            children[int(fields[1])].append(int(entry.name))
+            starts[int(entry.name)] = fields[19]  # starttime: tells a reused pid apart
+    out: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out[child] = starts[child]
+            todo.append(child)
+    return out

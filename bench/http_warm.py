@@ -244,7 +244,7 @@ class Server:
         if self.exit:
             return
         died_early = self.proc.poll() is not None
-        descendants = {} if died_early else _descendants(self.proc.pid)
+        descendants = {} if died_early else _common.descendants(self.proc.pid)
         if not died_early:
             self.proc.send_signal(signal.SIGTERM)
         t0 = time.perf_counter()
@@ -278,42 +278,16 @@ class Server:
         }
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, ...), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()
-
-
 def _cmdline(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     return ""
 
 
-def _descendants(root: int) -> dict[int, str]:
-    """{pid: start time} of every live descendant of `root`."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    starts: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[0] != "Z":
-            children[int(fields[1])].append(int(entry.name))
-            starts[int(entry.name)] = fields[19]  # starttime: tells a reused pid apart
-    out: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out[child] = starts[child]
-            todo.append(child)
-    return out
-
-
 def _still_alive(pids: dict[int, str]) -> list[int]:
     alive = []
     for pid, start in pids.items():
-        fields = _stat(pid)
+        fields = _common.proc_stat(pid)
         if fields is not None and fields[0] != "Z" and fields[19] == start:
             alive.append(pid)
     return alive

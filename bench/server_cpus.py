@@ -33,25 +33,6 @@ from fastfaas.loadgen import report  # noqa: E402
 from fastfaas.loadgen.scenarios import Api, fastfaas_server, function_env, wrk  # noqa: E402
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def place(pid: int, cpus: set[int]) -> None:
     """`pid`'s threads on `cpus` (a process gone meanwhile is skipped)."""
     try:
@@ -84,7 +65,7 @@ def main() -> None:
         for i in range(args.pairs):
             for side in ("anywhere", "pinned") if i % 2 == 0 else ("pinned", "anywhere"):
                 place(server.proc.pid, server_cpu if side == "pinned" else anywhere)
-                for pid in descendants(server.proc.pid):
+                for pid in _common.descendants(server.proc.pid):
                     place(pid, rest if side == "pinned" else anywhere)
                 rps = wrk(url, 32, args.seconds)["rps"]
                 rounds[side].append(rps)

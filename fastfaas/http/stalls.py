@@ -94,7 +94,7 @@ def _frames(frame: Any, n: int) -> list[Any]:
 class _GcLog:
     """Garbage collections longer than the threshold, with their generation."""
 
-    def __init__(self, threshold_ms: float, *, watch: bool = True) -> None:
+    def __init__(self, threshold_ms: float) -> None:
         self.threshold_s = threshold_ms / 1000
         self._began = 0.0
         self._described = False

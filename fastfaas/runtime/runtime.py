@@ -1433,21 +1433,26 @@ class Runtime:
             await trio.sleep(MEMORY_MEASURE_S if len(sizes) < 200 else MEMORY_MEASURE_SLOW_S)
 
     async def _memory_of_all(self, owners: Sequence[ZygoteHandle | InstanceHandle]) -> list[int]:
-        """`_memory_of` each. With cgroups, their usage files are read in C in a worker
-        thread without the GIL: a pass over 2,900 processes in the event loop, even
-        yielding every 64 reads, held up requests in the Zipf benchmark."""
-        if not self.cgroups.enabled:
-            sizes = []
-            for i, o in enumerate(owners, 1):
-                sizes.append(self._memory_of(o.cgroup, o.proc))
-                if i % MEASURE_BATCH == 0:
+        """The memory of each: its memory cgroup's usage (0 with a cgroup but no memory
+        controller), or its RSS without a cgroup. The cgroups' files are read in C in a
+        worker thread without the GIL: a pass over 2,900 processes in the event loop,
+        even yielding every 64 reads, held up requests in the Zipf benchmark."""
+        sizes = [0] * len(owners)
+        files: list[bytes] = []
+        at: list[int] = []
+        for i, o in enumerate(owners):
+            if o.cgroup is None or not self.cgroups.enabled:
+                sizes[i] = self._rss_of(o.proc)
+                if (i + 1) % MEASURE_BATCH == 0:
                     await trio.lowlevel.checkpoint()
-            return sizes
-        files = [None if o.cgroup is None else self.cgroups.usage_file(o.cgroup) for o in owners]
-        some = [f for f in files if f is not None]
-        read = iter(await trio.to_thread.run_sync(_native.read_files_i64, some) if some else ())
-        return [next(read) if f is not None else 0 if o.cgroup is not None
-                else self._memory_of(None, o.proc) for f, o in zip(files, owners, strict=True)]
+            elif (path := self.cgroups.usage_file(o.cgroup)) is not None:
+                files.append(path)
+                at.append(i)
+        if files:
+            read = await trio.to_thread.run_sync(_native.read_files_i64, files)
+            for i, size in zip(at, read, strict=True):
+                sizes[i] = size
+        return sizes
 
     def _notify(self) -> None:
         """Something observable changed (an instance's state, a function's class)."""
@@ -1468,9 +1473,8 @@ class Runtime:
         await self._measured.wait()
         return self._memory_used
 
-    def _memory_of(self, cg: CgroupSet | None, proc: Process | None) -> int:
-        if cg is not None and self.cgroups.enabled:
-            return self.cgroups.memory_usage(cg)
+    @staticmethod
+    def _rss_of(proc: Process | None) -> int:
         if proc is None or proc.pid is None:
             return 0
         try:
