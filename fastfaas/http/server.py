@@ -76,9 +76,16 @@ class Pending(Protocol):
     """A request the fast path has started and not finished: `fd` becomes
     readable when it may have progressed; `step()` then gives None (not yet),
     the Response, or an async function whose result is the Response (the rest
-    needs a task). `step()` is also called once at first."""
+    needs a task). `step()` is also called once at first, and may be called
+    when nothing has arrived (None then).
+
+    `owner` is what holds `fd` open (an instance's channel): the same object
+    for as long as the descriptor is the same one. The server keeps a
+    descriptor in its epoll set from its first wait to its close, and tells a
+    new one behind a reused number by its owner."""
 
     fd: int
+    owner: object
 
     def step(self) -> Response | Callable[[], Awaitable[Response]] | None: ...
 
@@ -99,11 +106,18 @@ class _Conn:
     pump's: its descriptor is in the server's epoll set and no task waits for
     it. A task holds it (`task`) only while an App runs for it or a write must
     wait; a fast-path request in flight holds it as `pending`.
+
+    The descriptor stays in the epoll set, edge-triggered, from accept to
+    close: the pump serves it on an event while it `waits` for bytes, and
+    otherwise marks it `stirred` (bytes, or the peer's hang-up, arrived while
+    it was busy), to be read when it is free again. Once the peer has shut
+    its side (`hung_up`), the end of the stream may lie behind bytes already
+    read, with no event to come: it is read for before every wait.
     """
 
-    __slots__ = ("closed", "deadline", "error", "fd", "header_deadline", "idle",
+    __slots__ = ("closed", "deadline", "error", "fd", "header_deadline", "hung_up", "idle",
                  "idle_deadline", "parser", "pending", "request", "scope", "seen", "sock",
-                 "task", "timed_out", "writing")
+                 "stirred", "task", "timed_out", "waits", "writing")
 
     def __init__(self, sock: socket.socket, parser: ServerConnection, now: float,
                  keepalive_s: float) -> None:
@@ -123,17 +137,21 @@ class _Conn:
         self.pending: Pending | None = None
         self.request: Request | None = None
         self.closed = False
+        self.waits = False
+        self.stirred = False
+        self.hung_up = False
 
 
 class HttpServer:
     """Serve an App on listeners until `close()`; then finish what is in flight.
 
     Connections use their sockets directly (non-blocking calls). One pump task
-    waits on an epoll set of every connection that waits for bytes and every
-    fast-path request in flight, and serves what is ready without a task per
+    waits on an epoll set of every connection and of the descriptors of the
+    fast-path requests in flight, and serves what is ready without a task per
     connection or per request; an App runs in a task of its own, and so does
-    a write that must wait. One sweeper task enforces the timeouts: no cancel
-    scope or scheduler round trip per request.
+    a write that must wait. Descriptors join the set once, edge-triggered,
+    and stay until closed: no epoll_ctl per request. One sweeper task
+    enforces the timeouts: no cancel scope or scheduler round trip per request.
 
     Args:
         app: answers one request.
@@ -162,7 +180,9 @@ class HttpServer:
         self._sweep_every = min(1.0, shortest / 8)
         self._now: Callable[[], float] = trio.current_time
         self._ep: select.epoll | None = None
-        self._watch: dict[int, _Conn] = {}  # descriptor in the epoll set -> its connection
+        self._conn_of: dict[int, _Conn] = {}  # a connection's descriptor -> it
+        self._waiting_on: dict[int, _Conn] = {}  # a Pending's descriptor -> its connection
+        self._owners: dict[int, object] = {}  # a Pending's descriptor in the set -> its owner
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -241,23 +261,31 @@ class HttpServer:
     async def _pump(self, scope: trio.CancelScope) -> None:
         ep = self._ep
         assert ep is not None
-        watch = self._watch
+        conn_of, waiting_on = self._conn_of, self._waiting_on
         with scope:
             while True:
                 await trio.lowlevel.wait_readable(ep.fileno())
-                for fd, _ in ep.poll(0, 256):
-                    conn = watch.pop(fd, None)
-                    if conn is None or conn.closed:
-                        continue
+                for fd, events in ep.poll(0, 256):
+                    conn = conn_of.get(fd)
                     try:
-                        if conn.pending is not None:
-                            if conn.pending.fd == fd and self._advance(conn):
-                                self._serve_ready(conn, answered=True)
-                        elif fd == conn.fd and not conn.task:
-                            self._serve_ready(conn)
+                        if conn is not None:  # bytes, or the peer's hang-up
+                            if events & _HUNG_UP:
+                                conn.hung_up = True
+                            if conn.waits:
+                                conn.waits = False
+                                self._serve_ready(conn)
+                            else:
+                                conn.stirred = True  # read once it is free again
+                            continue
+                        conn = waiting_on.pop(fd, None)  # a fast-path request's descriptor
+                        # (or an event nobody waits for: a reply read at the first step)
+                        if (conn is not None and not conn.closed and conn.pending is not None
+                                and conn.pending.fd == fd and self._advance(conn)):
+                            self._serve_ready(conn, drained=True)
                     except Exception:  # a bug of ours: this connection goes, the server stays
                         traceback.print_exc()
-                        self._close(conn)
+                        if conn is not None:
+                            self._close(conn)
 
     async def _accept(self, listener: trio.SocketListener) -> None:
         assert self._ep is not None
@@ -291,30 +319,32 @@ class HttpServer:
                          self._now(), limits.keepalive_timeout_s)
             self._conns.add(conn)
             try:
-                # One-shot even unarmed: a hang-up is reported whatever the mask, and
-                # would wake the pump again and again while a task holds the connection.
-                self._ep.register(conn.fd, select.EPOLLONESHOT)
+                # Edge-triggered: a hang-up while a task holds the connection is
+                # reported once, not again and again.
+                _watch(self._ep, conn.fd, _EDGE_READ | select.EPOLLRDHUP)
             except OSError as exc:  # the kernel's limit on watched descriptors, or memory
                 self._accept_failed("cannot watch a connection", exc)
                 self._close(conn)
                 continue
+            self._conn_of[conn.fd] = conn
             self._serve_safely(conn)
 
     # --- the pump's side: no waiting -------------------------------------------------
 
-    def _arm(self, fd: int, conn: _Conn) -> None:
-        """Wake the pump for `conn` once `fd` is readable."""
+    def _wait_for(self, pending: Pending, conn: _Conn) -> None:
+        """Wake the pump for `conn` when `pending`'s descriptor is readable."""
         assert self._ep is not None
-        self._watch[fd] = conn
-        try:
-            self._ep.modify(fd, _ONE_READ)
-        except FileNotFoundError:  # a descriptor not (or no longer) in the set
-            self._ep.register(fd, _ONE_READ)
+        fd = pending.fd
+        self._waiting_on[fd] = conn
+        if self._owners.get(fd) is not pending.owner:  # new to the set: a reply
+            _watch(self._ep, fd)                       # already in is reported at once
+            self._owners[fd] = pending.owner
 
-    def _serve_ready(self, conn: _Conn, answered: bool = False) -> None:
+    def _serve_ready(self, conn: _Conn, drained: bool = False) -> None:
         """Read, parse and answer what `conn` has, until it must wait: then the
-        pump watches it, or a task has it. `answered`: a response went out just
-        now, so the next request's bytes are (almost always) not in yet."""
+        pump has it (it `waits`), or a task has it. `drained`: the socket's
+        bytes were read before a response went out: unless the connection was
+        `stirred` since, nothing is there, and no read is tried."""
         limits = self.limits
         sock = conn.sock
         parser = conn.parser
@@ -346,17 +376,20 @@ class HttpServer:
                     conn.deadline = conn.header_deadline  # from the request's first byte
                 else:
                     conn.deadline = self._now() + limits.body_timeout_s
-                if answered:  # epoll says at once if they are, without a failed read here
-                    self._arm(conn.fd, conn)
+                if drained and not (conn.stirred or conn.hung_up):
+                    conn.waits = True  # what comes next comes with an event
                     return
+                conn.stirred = False
                 try:
                     data = sock.recv(RECEIVE_BYTES)
                 except BlockingIOError:
-                    self._arm(conn.fd, conn)
+                    conn.waits = True
                     return
                 except OSError:
                     self._close(conn)
                     return
+                if len(data) == RECEIVE_BYTES:
+                    conn.stirred = True  # more may be in, and no event says so again
                 try:
                     parser.receive_data(data)
                 except ProtocolError as exc:
@@ -383,7 +416,7 @@ class HttpServer:
                 conn.pending, conn.request = answer, request
                 if not self._advance(conn):
                     return
-            answered = True
+            drained = True
 
     def _serve_safely(self, conn: _Conn) -> None:
         try:
@@ -401,7 +434,7 @@ class HttpServer:
         except Exception as exc:
             out = _bug(exc)
         if out is None:
-            self._arm(pending.fd, conn)
+            self._wait_for(pending, conn)
             return False
         conn.pending = conn.request = None
         if isinstance(out, Response):
@@ -473,10 +506,12 @@ class HttpServer:
         conn.closed = True
         if conn.pending is not None:  # its call runs to its end all the same
             pending, conn.pending = conn.pending, None
+            if self._waiting_on.get(pending.fd) is conn:
+                del self._waiting_on[pending.fd]
             self._in_flight -= 1
             pending.abandon()
-        if self._watch.get(conn.fd) is conn:
-            del self._watch[conn.fd]
+        if self._conn_of.get(conn.fd) is conn:
+            del self._conn_of[conn.fd]
         if self._ep is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._ep.unregister(conn.fd)
@@ -544,7 +579,18 @@ class HttpServer:
         return False
 
 
-_ONE_READ: Final = select.EPOLLIN | select.EPOLLONESHOT
+_EDGE_READ: Final = select.EPOLLIN | select.EPOLLET
+
+
+_HUNG_UP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+
+
+def _watch(ep: select.epoll, fd: int, events: int = _EDGE_READ) -> None:
+    """`fd` in the set, edge-triggered, until it is closed."""
+    try:
+        ep.register(fd, events)
+    except FileExistsError:  # the same file under the same number, still in the set
+        ep.modify(fd, events)
 
 
 def _bug(exc: Exception) -> Response:

@@ -392,6 +392,7 @@ class Waiting:
         self.own, self.peer = socket.socketpair()
         self.own.setblocking(False)
         self.fd = self.own.fileno()
+        self.owner = self.own
         self.steps = 0
         self.done = trio.Event()
         self.abandoned = False
@@ -470,6 +471,37 @@ async def test_fast_answers_mix_with_app_answers_in_order() -> None:
         assert (await client.response()).body == b"fast /wait1"
         assert (await client.response()).body == b"sync /sync2"  # only after /wait1's
         assert (server.requests, server.fast_requests, server.in_flight) == (4, 3, 0)
+
+
+async def test_the_end_of_the_stream_read_with_a_request_still_closes_the_connection() -> None:
+    # A request and the client's shutdown arrive before the server reads: one
+    # edge-triggered event brings both, the read returns the request, and no
+    # event will tell of the end that lies behind it.
+    async with fast_server() as (server, port, paths):
+        raw = socket.create_connection(("127.0.0.1", port))
+        client = Client(trio.SocketStream(trio.socket.from_stdlib_socket(raw)))
+        assert (await client.request(get("/sync"))).body == b"sync /sync"  # now it waits
+        raw.send(get("/wait-end"))  # both at once, the server not running in between
+        raw.shutdown(socket.SHUT_WR)
+        (await paths.started_for("/wait-end")).peer.send(b"r")
+        with trio.fail_after(BOUND_S):
+            assert (await client.response()).body == b"fast /wait-end"
+            await client.wait_closed()
+        await client.aclose()
+        assert server.connections == 0
+
+
+async def test_bytes_that_arrive_while_a_request_is_in_flight_are_read_after_it() -> None:
+    async with fast_server() as (server, port, paths), await Client.connect(port) as client:
+        await client.send(get("/wait-1"))
+        pending = await paths.started_for("/wait-1")
+        await client.send(get("/sync-2"))  # its event comes while the connection is busy
+        await trio.testing.wait_all_tasks_blocked()
+        pending.peer.send(b"r")
+        with trio.fail_after(BOUND_S):
+            assert (await client.response()).body == b"fast /wait-1"
+            assert (await client.response()).body == b"sync /sync-2"
+        assert server.in_flight == 0
 
 
 async def test_a_pending_whose_rest_must_wait_is_finished_in_a_task() -> None:
