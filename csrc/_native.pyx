@@ -5,6 +5,8 @@ from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, strerror
+from libc.stdio cimport snprintf
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from posix.types cimport pid_t
 
 from ff cimport *
@@ -364,6 +366,113 @@ def uuid4_at(bytes pool, Py_ssize_t pos):
         out[j + 1] = b"0123456789abcdef"[c & 15]
         j += 2
     return out[:36].decode("ascii")
+
+
+def response_bytes(bytes status_line not None, list headers not None, bytes body not None,
+                   bint length, bint keep_alive, bint head):
+    """An HTTP/1.1 response in one allocation: `status_line` (with its CRLF), each
+    (name, value) header of bytes, `content-length` when `length`, `connection:
+    close` unless `keep_alive`, the blank line, and `body` unless `head`."""
+    cdef char digits[24]
+    cdef int ndigits = 0
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(status_line) + 2
+    cdef Py_ssize_t n
+    cdef char *out
+    cdef bytes data
+    cdef tuple header
+    for item in headers:
+        if not (type(item) is tuple and len(<tuple>item) == 2
+                and type((<tuple>item)[0]) is bytes and type((<tuple>item)[1]) is bytes):
+            raise TypeError(f"a header must be a (bytes, bytes) tuple, not {item!r}")
+        size += PyBytes_GET_SIZE((<tuple>item)[0]) + PyBytes_GET_SIZE((<tuple>item)[1]) + 4
+    if length:
+        ndigits = snprintf(digits, sizeof(digits), "%zd", PyBytes_GET_SIZE(body))
+        size += 16 + ndigits + 2  # "content-length: " N CRLF
+    if not keep_alive:
+        size += 19  # "connection: close" CRLF
+    if not head:
+        size += PyBytes_GET_SIZE(body)
+    data = PyBytes_FromStringAndSize(NULL, size)
+    out = PyBytes_AS_STRING(data)
+
+    n = PyBytes_GET_SIZE(status_line)
+    memcpy(out, PyBytes_AS_STRING(status_line), n)
+    out += n
+    for item in headers:
+        header = <tuple>item
+        n = PyBytes_GET_SIZE(header[0])
+        memcpy(out, PyBytes_AS_STRING(header[0]), n)
+        out += n
+        memcpy(out, b": ", 2)
+        out += 2
+        n = PyBytes_GET_SIZE(header[1])
+        memcpy(out, PyBytes_AS_STRING(header[1]), n)
+        out += n
+        memcpy(out, b"\r\n", 2)
+        out += 2
+    if length:
+        memcpy(out, b"content-length: ", 16)
+        out += 16
+        memcpy(out, digits, ndigits)
+        out += ndigits
+        memcpy(out, b"\r\n", 2)
+        out += 2
+    if not keep_alive:
+        memcpy(out, b"connection: close\r\n", 19)
+        out += 19
+    memcpy(out, b"\r\n", 2)
+    out += 2
+    if not head:
+        memcpy(out, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))
+    return data
+
+
+def call_begin(int peak_fd, bytes peak_reset, int cpu_fd, int cpu_version):
+    """An invocation's start in an instance's cgroup, in one call: reset the memory
+    peak (peak_fd >= 0); the CPU counter to subtract at its end (ns): v1's is
+    reset to 0 instead (0), v2's usage_usec is read; 0 without cpu_fd."""
+    cdef int rc
+    cdef int64_t v = 0
+    if peak_fd >= 0:
+        rc = ff_write_at0(peak_fd, peak_reset, len(peak_reset))
+        if rc < 0:
+            raise _oserror(-rc, f"write {peak_reset!r} to fd {peak_fd}")
+    if cpu_fd < 0:
+        return 0
+    if cpu_version == 1:
+        rc = ff_write_at0(cpu_fd, b"0", 1)
+        if rc < 0:
+            raise _oserror(-rc, f"write b'0' to fd {cpu_fd}")
+        return 0
+    rc = ff_read_keyed_i64(cpu_fd, b"usage_usec", &v)
+    if rc < 0:
+        raise _oserror(-rc, f"read usage_usec from fd {cpu_fd}")
+    return v * 1000
+
+
+def call_end(int peak_fd, int cpu_fd, int cpu_version, int pids_fd, int64_t cpu_base):
+    """An invocation's end, in one call: (memory peak bytes or 0 without peak_fd, CPU
+    ns since `call_begin` or 0 without cpu_fd, tasks in the cgroup or 1 without
+    pids_fd)."""
+    cdef int rc
+    cdef int64_t peak = 0, cpu = 0, tasks = 1
+    if peak_fd >= 0:
+        rc = ff_read_i64(peak_fd, &peak)
+        if rc < 0:
+            raise _oserror(-rc, f"read integer from fd {peak_fd}")
+    if cpu_fd >= 0:
+        if cpu_version == 1:
+            rc = ff_read_i64(cpu_fd, &cpu)
+        else:
+            rc = ff_read_keyed_i64(cpu_fd, b"usage_usec", &cpu)
+            cpu = cpu * 1000 - cpu_base
+        if rc < 0:
+            raise _oserror(-rc, f"read the CPU counter from fd {cpu_fd}")
+    if pids_fd >= 0:
+        rc = ff_read_i64(pids_fd, &tasks)
+        if rc < 0:
+            raise _oserror(-rc, f"read integer from fd {pids_fd}")
+    return peak, cpu, tasks
 
 
 def read_keyed_i64(int fd, bytes key):

@@ -20,6 +20,8 @@ from typing import Final
 
 import httptools
 
+from fastfaas import _native
+
 MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 100
 
@@ -216,17 +218,9 @@ def encode_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes
 
     `head`: the answer to a HEAD request: the headers the body would have, no body.
     """
-    parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
-    for name, value in headers:
-        parts.append(b"%s: %s\r\n" % (name, value))
-    if status != 204:  # a 204 carries no Content-Length (RFC 9110, 8.6)
-        parts.append(b"content-length: %d\r\n" % len(body))
-    if not keep_alive:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    if not head:
-        parts.append(body)
-    return b"".join(parts)
+    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+    # A 204 carries no Content-Length (RFC 9110, 8.6).
+    return _native.response_bytes(line, headers, body, status != 204, keep_alive, head)
 
 
 def _unquote_path(path: bytes) -> str:

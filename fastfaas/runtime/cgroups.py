@@ -438,26 +438,14 @@ class Cgroups:
 
     def begin(self, cg: CgroupSet) -> int:
         """Reset the peak; returns the CPU counter to subtract at the end (ns)."""
-        if cg.peak_fd >= 0:
-            _native.write_at0(cg.peak_fd, PEAK_RESET[cg.oom_version])
-        if cg.cpu_fd < 0:
-            return 0
-        if cg.cpu_version == 1:
-            _native.write_at0(cg.cpu_fd, b"0")
-            return 0
-        return _native.read_keyed_i64(cg.cpu_fd, b"usage_usec") * 1000
+        return _native.call_begin(cg.peak_fd, PEAK_RESET[cg.oom_version], cg.cpu_fd,
+                                  cg.cpu_version)
 
     def end(self, cg: CgroupSet, cpu_base: int) -> tuple[int, int, int, int]:
         """(peak memory bytes, CPU ns since begin, tasks in the cgroup, ns the CPU quota
         held it back since the last end or `mark_throttled`)."""
-        peak = _native.read_i64(cg.peak_fd) if cg.peak_fd >= 0 else 0
-        if cg.cpu_fd < 0:
-            cpu = 0
-        elif cg.cpu_version == 1:
-            cpu = _native.read_i64(cg.cpu_fd)
-        else:
-            cpu = _native.read_keyed_i64(cg.cpu_fd, b"usage_usec") * 1000 - cpu_base
-        pids = _native.read_i64(cg.pids_fd) if cg.pids_fd >= 0 else 1
+        peak, cpu, pids = _native.call_end(cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd,
+                                           cpu_base)
         held = 0
         if cg.quota_ns and cpu >= cg.quota_ns:
             now = self.throttled(cg)

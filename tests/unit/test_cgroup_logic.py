@@ -240,3 +240,37 @@ def test_read_files_i64_reads_each_files_first_integer_and_0_for_the_unreadable(
     assert _native.read_files_i64([]) == []
     with pytest.raises(TypeError, match="bytes"):
         _native.read_files_i64([str(tmp_path / "usage")])  # type: ignore[list-item]
+
+
+def test_call_begin_and_call_end_do_a_calls_cgroup_reads_and_writes_in_one_step(
+        tmp_path: Path) -> None:
+    def opened(name: str, text: str) -> int:
+        (tmp_path / name).write_text(text)
+        return os.open(tmp_path / name, os.O_RDWR)
+
+    peak = opened("memory.max_usage_in_bytes", "123456789\n")
+    cpu_v1 = opened("cpuacct.usage", "987654321\n")
+    cpu_v2 = opened("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+    pids = opened("pids.current", "3\n")
+    try:
+        # v1: the peak and the CPU counter are reset by writing at offset 0.
+        assert _native.call_begin(peak, b"0", cpu_v1, 1) == 0
+        assert (tmp_path / "memory.max_usage_in_bytes").read_bytes().startswith(b"0")
+        assert (tmp_path / "cpuacct.usage").read_bytes().startswith(b"0")
+        (tmp_path / "cpuacct.usage").write_text("2500\n")
+        (tmp_path / "memory.max_usage_in_bytes").write_text("4096\n")
+        assert _native.call_end(peak, cpu_v1, 1, pids, 0) == (4096, 2500, 3)
+        # v2: the CPU counter is read (us) and subtracted at the end (ns).
+        base = _native.call_begin(-1, b"reset", cpu_v2, 2)
+        assert base == 1_500_000
+        (tmp_path / "cpu.stat").write_text("usage_usec 1750\n")
+        assert _native.call_end(-1, cpu_v2, 2, -1, base) == (0, 250_000, 1)
+        assert _native.call_begin(-1, b"0", -1, 1) == 0  # no controllers: nothing read
+        assert _native.call_end(-1, -1, 1, -1, 0) == (0, 0, 1)
+    finally:
+        for fd in (peak, cpu_v1, cpu_v2, pids):
+            os.close(fd)
+    with pytest.raises(OSError, match=f"fd {peak}"):  # closed: the error names the descriptor
+        _native.call_end(peak, -1, 1, -1, 0)
+    with pytest.raises(OSError, match=f"fd {cpu_v2}"):
+        _native.call_begin(-1, b"0", cpu_v2, 2)

@@ -406,6 +406,12 @@ def test_encode_response_without_keep_alive_says_connection_close() -> None:
     assert parsed.body == b"too big"
 
 
+def test_encode_response_refuses_headers_that_are_not_pairs_of_bytes() -> None:
+    for headers in ([[b"x-a", b"1"]], [(b"x-a", "1")], [(b"x-a",)], [b"x-a: 1"]):
+        with pytest.raises(TypeError, match="a header must be a"):
+            encode_response(200, headers, b"")  # type: ignore[arg-type]
+
+
 def test_encode_response_empty_body_and_unknown_status() -> None:
     status, keep_alive, parsed = parse_response(encode_response(599, [], b""))
     assert status == 599
