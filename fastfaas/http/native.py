@@ -516,13 +516,14 @@ def _check_fields(fields: dict[str, Any]) -> None:
 class _FastInvoke:
     """A warm invocation in flight on the fast path, as the HTTP server's Pending."""
 
-    __slots__ = ("api", "call", "fd", "name", "owner", "t0")
+    __slots__ = ("api", "call", "fd", "name", "owner", "t0", "waits_first")
 
     def __init__(self, api: NativeApi, call: FastCall, name: str, t0: int) -> None:
         self.api = api
         self.call = call
         self.fd = call.fd
         self.owner: object = call.inst.chan  # the instance's channel holds the descriptor
+        self.waits_first = call.waits_first
         self.name = name
         self.t0 = t0
 

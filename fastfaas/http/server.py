@@ -76,7 +76,8 @@ class Pending(Protocol):
     """A request the fast path has started and not finished: `fd` becomes
     readable when it may have progressed; `step()` then gives None (not yet),
     the Response, or an async function whose result is the Response (the rest
-    needs a task). `step()` is also called once at first, and may be called
+    needs a task). `step()` is also called once at first, unless `waits_first`
+    (nothing can have arrived yet: many requests in flight), and may be called
     when nothing has arrived (None then).
 
     `owner` is what holds `fd` open (an instance's channel): the same object
@@ -86,6 +87,7 @@ class Pending(Protocol):
 
     fd: int
     owner: object
+    waits_first: bool
 
     def step(self) -> Response | Callable[[], Awaitable[Response]] | None: ...
 
@@ -414,6 +416,9 @@ class HttpServer:
                     return
             else:
                 conn.pending, conn.request = answer, request
+                if answer.waits_first:
+                    self._wait_for(answer, conn)
+                    return
                 if not self._advance(conn):
                     return
             drained = True

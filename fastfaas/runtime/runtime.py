@@ -1034,6 +1034,7 @@ class Runtime:
         else:  # dead, or its buffer full: invoke's own path sends it (or retries)
             call.later = functools.partial(self._run, fv, inst, start, request_id, invocation,
                                            cpu_base, False)
+            call.waits_first = False  # nothing was sent: no reply will stir `fd`
         return call
 
     def _count_start(self, fv: FunctionVersion, start: str) -> bool:
@@ -2425,7 +2426,8 @@ class FastCall:
     """A warm call handed to its instance by `Runtime.invoke_nowait`, not waited for.
 
     The caller watches `fd` (the instance's channel) and calls `step()` when it
-    is readable (and once at first: a quick handler may have answered already):
+    is readable, and once at first (a quick handler may have answered already)
+    unless `waits_first` (other calls are in flight: the reply is not in yet):
 
     - None: no answer yet; wait for `fd` again;
     - an InvocationResult: the call is over, as `invoke` would have ended it;
@@ -2438,7 +2440,7 @@ class FastCall:
     """
 
     __slots__ = ("_spin", "cpu_base", "entry", "fd", "fv", "inst", "later", "payload",
-                 "replace_after", "request_id", "rt", "start")
+                 "replace_after", "request_id", "rt", "start", "waits_first")
 
     def __init__(self, rt: Runtime, fv: FunctionVersion, inst: InstanceHandle, start: str,
                  request_id: str, payload: bytes, cpu_base: int, replace_after: bool) -> None:
@@ -2456,8 +2458,10 @@ class FastCall:
         self.later: Callable[[], Awaitable[InvocationResult]] | None = None
         # The first step: for a lone call, poll as `_run` does, or try once; with other
         # calls in flight the answer is not there yet (4% of first tries found it, at
-        # 32 connections): wait for the fd at once (-1).
-        self._spin = rt._poll_ns(fv, start) if rt._running == 1 else -1
+        # 32 connections): the caller had better wait for the fd before stepping.
+        lone = rt._running == 1
+        self._spin = rt._poll_ns(fv, start) if lone else 0
+        self.waits_first = not lone
 
     def step(self) -> InvocationResult | Callable[[], Awaitable[InvocationResult]] | None:
         rt = self.rt
@@ -2466,8 +2470,6 @@ class FastCall:
         chan = self.inst.chan
         assert chan is not None
         spin, self._spin = self._spin, 0
-        if spin < 0:
-            return None
         try:
             got = chan.recv_nowait(spin)
         except BlockingIOError:

@@ -722,6 +722,33 @@ async def test_invoke_nowait_crash_abandon_and_large_events_leave_nothing_counte
     assert _settled_counts(runtime, "nw2") == (0, 0, 0)
 
 
+async def test_a_large_event_beside_calls_in_flight_is_not_left_waiting_for_a_reply(
+        runtime, make_function) -> None:
+    """With other calls in flight a call's reply is not expected at once (the caller
+    waits for its descriptor before the first step), unless nothing was sent: an event
+    too large to go inline is sent by the step's rest, and waiting first would hang."""
+    await runtime.deploy("nw3", source=make_function(app=DIES_OR_NAPS), handler="app.handler")
+    async with trio.open_nursery() as nursery:  # two instances, both warm and idle after
+        for _ in range(2):
+            nursery.start_soon(runtime.invoke, "nw3", {"s": 0.2})
+    napping = runtime.invoke_nowait("nw3", b'{"s": 0.3}')
+    assert napping is not None and napping.waits_first is False  # alone: polled at first
+    big = runtime.invoke_nowait("nw3", b'{"pad": "%s"}' % (b"x" * 100_000))
+    assert big is not None and big.waits_first is False
+    rest = big.step()
+    assert callable(rest) and not isinstance(rest, fastfaas.InvocationResult)
+    assert (await rest()).value() == {"size": 100_000}
+    small = runtime.invoke_nowait("nw3", b"{}")  # beside `napping`: waits for its reply
+    assert small is not None and small.waits_first is True
+    await trio.lowlevel.wait_readable(small.fd)
+    out = small.step()  # the first step, once the reply is in, reads it
+    assert isinstance(out, fastfaas.InvocationResult) and out.ok
+    while (out := napping.step()) is None:
+        await trio.lowlevel.wait_readable(napping.fd)
+    assert isinstance(out, fastfaas.InvocationResult) and out.ok
+    assert _settled_counts(runtime, "nw3") == (0, 0, 0)
+
+
 async def test_what_the_runtime_keeps_per_call_is_not_walked_by_the_collector(
         runtime, make_function) -> None:
     """Log entries and usage samples are kept for many calls and dropped oldest first:

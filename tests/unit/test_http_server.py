@@ -393,6 +393,7 @@ class Waiting:
         self.own.setblocking(False)
         self.fd = self.own.fileno()
         self.owner = self.own
+        self.waits_first = path.startswith("/wait-first")
         self.steps = 0
         self.done = trio.Event()
         self.abandoned = False
@@ -502,6 +503,18 @@ async def test_bytes_that_arrive_while_a_request_is_in_flight_are_read_after_it(
             assert (await client.response()).body == b"fast /wait-1"
             assert (await client.response()).body == b"sync /sync-2"
         assert server.in_flight == 0
+
+
+async def test_a_pending_that_waits_first_is_stepped_only_once_its_descriptor_stirs() -> None:
+    async with fast_server() as (server, port, paths), await Client.connect(port) as client:
+        await client.send(get("/wait-first"))
+        pending = await paths.started_for("/wait-first")
+        await trio.testing.wait_all_tasks_blocked()
+        assert pending.steps == 0  # not tried at once: the server waits for its descriptor
+        pending.peer.send(b"r")
+        with trio.fail_after(BOUND_S):
+            assert (await client.response()).body == b"fast /wait-first"
+        assert pending.steps == 1 and server.in_flight == 0
 
 
 async def test_a_pending_whose_rest_must_wait_is_finished_in_a_task() -> None:
