@@ -4,7 +4,7 @@
 from libc.errno cimport errno
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, strerror
+from libc.string cimport memcmp, memcpy, strerror
 from libc.stdio cimport snprintf
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from posix.types cimport pid_t
@@ -366,6 +366,126 @@ def uuid4_at(bytes pool, Py_ssize_t pos):
         out[j + 1] = b"0123456789abcdef"[c & 15]
         j += 2
     return out[:36].decode("ascii")
+
+
+# --- HTTP/1.1 requests in their common form -----------------------------------------
+
+cdef unsigned char _TCHAR[256]  # a header name's characters (RFC 9110 tchar)
+cdef unsigned char _TARGET[256]  # a request target's, kept to RFC 3986's (no '#')
+
+
+cdef void _fill_classes():
+    cdef int c
+    for c in range(256):
+        _TCHAR[c] = 0
+        _TARGET[c] = 0
+    for c in b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
+        _TCHAR[c] = 1
+        _TARGET[c] = 1
+    for c in b"!#$%&'*+-.^_`|~":
+        _TCHAR[c] = 1
+    for c in b"-._~:/?[]@!$&'()*+,;=%":
+        _TARGET[c] = 1
+
+
+_fill_classes()
+
+cdef tuple _METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS")
+cdef bytes _CONTENT_LENGTH = b"content-length"
+cdef bytes _CONNECTION = b"connection"
+cdef tuple _NOT_COMMON = (b"transfer-encoding", b"expect", b"upgrade")
+
+
+def parse_request(bytes data not None, Py_ssize_t start, Py_ssize_t max_head,
+                  Py_ssize_t max_headers, Py_ssize_t max_body):
+    """One whole request at data[start:] in the common form, parsed in one call:
+    (method, target, headers with lower-case names, body, end offset); None for
+    anything else, incomplete or not, which the full parser (httptools) then
+    takes, with its errors.
+
+    The common form, and nothing looser: a method of GET, POST, PUT, PATCH,
+    DELETE, HEAD or OPTIONS; a target of RFC 3986 characters starting with '/';
+    HTTP/1.1; CRLF line ends; header names of token characters, each once;
+    values of visible ASCII and inner spaces; no Transfer-Encoding, Expect or
+    Upgrade, Connection only as keep-alive; a Content-Length of at most nine
+    digits and max_body; at most max_headers headers and max_head bytes of
+    head; the whole body present."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = start, mark, name_end, value_start, ml, i, count = 0
+    cdef Py_ssize_t limit
+    cdef long long length = 0
+    cdef char *low
+    cdef bytes name, value
+    cdef dict headers = {}
+    if start < 0 or start > n:
+        raise ValueError("start is outside the data")
+    limit = n if n - start <= max_head else start + max_head
+    method = None
+    for m in _METHODS:
+        ml = PyBytes_GET_SIZE(m)
+        if (limit - pos > ml and memcmp(p + pos, PyBytes_AS_STRING(m), ml) == 0
+                and p[pos + ml] == 32):  # SP
+            method = m
+            pos += ml + 1
+            break
+    if method is None:
+        return None
+    mark = pos
+    if pos >= limit or p[pos] != 47:  # '/'
+        return None
+    while pos < limit and _TARGET[p[pos]]:
+        pos += 1
+    target = PyBytes_FromStringAndSize(<const char *>p + mark, pos - mark)
+    if limit - pos < 11 or memcmp(p + pos, b" HTTP/1.1\r\n", 11) != 0:
+        return None
+    pos += 11
+    while True:
+        if limit - pos < 2:
+            return None
+        if p[pos] == 13 and p[pos + 1] == 10:  # the blank line: the head ends
+            pos += 2
+            break
+        mark = pos
+        while pos < limit and _TCHAR[p[pos]]:
+            pos += 1
+        name_end = pos
+        if name_end == mark or pos >= limit or p[pos] != 58:  # ':'
+            return None
+        pos += 1
+        while pos < limit and p[pos] == 32:
+            pos += 1
+        value_start = pos
+        while pos < limit and 32 <= p[pos] <= 126:
+            pos += 1
+        if (pos == value_start or p[pos - 1] == 32 or limit - pos < 2
+                or p[pos] != 13 or p[pos + 1] != 10):
+            return None
+        count += 1
+        if count > max_headers:
+            return None
+        name = PyBytes_FromStringAndSize(NULL, name_end - mark)
+        low = PyBytes_AS_STRING(name)
+        for i in range(name_end - mark):
+            low[i] = p[mark + i] + 32 if 65 <= p[mark + i] <= 90 else p[mark + i]
+        value = PyBytes_FromStringAndSize(<const char *>p + value_start, pos - value_start)
+        pos += 2
+        if name in headers or name in _NOT_COMMON:
+            return None
+        if name == _CONTENT_LENGTH:
+            if PyBytes_GET_SIZE(value) > 9:
+                return None
+            for i in range(PyBytes_GET_SIZE(value)):
+                if not 48 <= p[value_start + i] <= 57:
+                    return None
+                length = length * 10 + (p[value_start + i] - 48)
+        elif name == _CONNECTION and value.lower() != b"keep-alive":
+            return None
+        headers[name] = value
+    if length > max_body or n - pos < length:
+        return None
+    body = PyBytes_FromStringAndSize(<const char *>p + pos, length) if length else b""
+    return method, target, headers, body, pos + length
 
 
 def response_bytes(bytes status_line not None, list headers not None, bytes body not None,

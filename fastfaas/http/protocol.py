@@ -24,6 +24,8 @@ from fastfaas import _native
 
 MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 100
+# Bodies up to this size may be parsed in one C call (`_native.parse_request`).
+FAST_BODY_MAX: Final = 64 * 1024
 
 BodyLimit = Callable[[bytes, bytes], int]
 
@@ -71,9 +73,11 @@ class ServerConnection:
         max_header_bytes: request line plus headers; larger is 431.
     """
 
-    def __init__(self, body_limit: BodyLimit, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+    def __init__(self, body_limit: BodyLimit, max_header_bytes: int = MAX_HEADER_BYTES,
+                 fast_parse: bool = True) -> None:
         self._body_limit = body_limit
         self._max_header_bytes = max_header_bytes
+        self._fast_parse = fast_parse
         self._parser = httptools.HttpRequestParser(self)
         self._ready: collections.deque[Request] = collections.deque()
         self._body: list[bytes] = []
@@ -104,6 +108,10 @@ class ServerConnection:
             if self.in_request:
                 raise ProtocolError(400, "the connection closed in the middle of a request")
             return
+        if self._fast_parse and not self.in_request:
+            data = self._whole_requests(data)
+            if not data:
+                return
         in_headers = self.in_request and not self.headers_done
         begun = self.requests_begun
         try:
@@ -127,6 +135,28 @@ class ServerConnection:
             if self._fed_in_headers > self._max_header_bytes:
                 self.closed = True
                 raise ProtocolError(431, f"request headers exceed {self._max_header_bytes} bytes")
+
+    def _whole_requests(self, data: bytes) -> bytes:
+        """Take the requests in their common form at the start of `data`, each parsed
+        in one C call into the Request httptools' callbacks would build; the rest
+        (a request in any other form, or not whole yet) is httptools'."""
+        pos, size = 0, len(data)
+        while pos < size:
+            got = _native.parse_request(data, pos, self._max_header_bytes, MAX_HEADERS,
+                                        FAST_BODY_MAX)
+            if got is None:
+                break
+            method, target, headers, body, pos = got
+            self.requests_begun += 1
+            self.headers_done = True
+            if body:
+                limit = self._body_limit(method, target.partition(b"?")[0])
+                if len(body) > limit:  # refused as on_headers_complete refuses it
+                    self.closed = self.in_request = True
+                    raise ProtocolError(
+                        413, f"the request body is {len(body)} bytes; the limit is {limit}")
+            self._ready.append(Request(method, target, headers, body, True))
+        return data[pos:] if pos else data
 
     def next_request(self) -> Request | None:
         """The next complete request, in order, or None."""

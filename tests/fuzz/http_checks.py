@@ -100,14 +100,15 @@ def check_request(request: Request, body_limit: int) -> None:
 
 
 def feed(chunks: Iterable[bytes], *, body_limit: int | BodyLimit, max_header_bytes: int,
-         eof: bool = False) -> Outcome:
+         eof: bool = False, fast_parse: bool = True) -> Outcome:
     """Feed chunks (then EOF if `eof`) to a fresh ServerConnection, checking as it goes.
 
     `body_limit`: one limit for every request, or the server's rule. Empty
-    chunks are skipped: b"" is how EOF is fed.
+    chunks are skipped: b"" is how EOF is fed. `fast_parse`: False, httptools
+    parses everything (the C parser of the common form is not tried).
     """
     limit = body_limit if callable(body_limit) else lambda method, path: body_limit
-    conn = ServerConnection(limit, max_header_bytes)
+    conn = ServerConnection(limit, max_header_bytes, fast_parse=fast_parse)
     requests: list[Request] = []
     error: ProtocolError | None = None
     try:

@@ -167,6 +167,27 @@ def valid_requests(draw: st.DrawFn, keep_alive: bool | None = None) -> Sent:
                 keep_alive)
 
 
+@st.composite
+def common_requests(draw: st.DrawFn) -> bytes:
+    """A request in the common form the C parser takes (`_native.parse_request`):
+    HTTP/1.1, Content-Length framing, values of visible ASCII (but a header may come
+    twice, which it leaves to httptools)."""
+    method = draw(st.sampled_from(METHODS))
+    target, _ = draw(targets())
+    names = draw(st.lists(header_names, max_size=6))  # a name twice: httptools' to join
+    values = st.text(string.ascii_letters + string.digits + " ;=,./:-", min_size=1,
+                     max_size=20).map(lambda v: v.strip(" ") or "v")
+    lines = [(name, draw(values)) for name in names]
+    body = draw(st.binary(max_size=8) | st.binary(min_size=30, max_size=36))  # LIMIT is 32
+    if body or draw(st.booleans()):
+        lines.append(("Content-Length", str(len(body))))
+    if draw(st.booleans()):
+        lines.append(("Connection", draw(st.sampled_from(["keep-alive", "Keep-Alive"]))))
+    head = b"%s %s HTTP/1.1\r\n" % (method.encode(), target)
+    head += b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in lines)
+    return head + b"\r\n" + body
+
+
 FRAGMENTS = [
     b"GET / HTTP/1.1\r\n", b"POST /f HTTP/1.1\r\n", b"HEAD /h HTTP/1.0\r\n",
     b"PUT /v1/functions/x HTTP/1.1\r\n", b"GET /a%20b%ff?q=1 HTTP/1.1\r\n",
@@ -240,6 +261,25 @@ def test_any_bytes_in_any_chunking_end_in_requests_or_a_deliberate_refusal(
     whole = feed([stream], body_limit=LIMIT, max_header_bytes=SMALL_HEADERS, eof=eof)
     event(f"requests {len(whole.requests)}, refused {whole.error and whole.error.status}")
     check_same_outcome(chunked, whole)
+
+
+@bounded(300)
+@given(st.one_of(http_ish, st.lists(st.one_of(common_requests(), st.builds(
+    lambda sent: sent.data, valid_requests()), st.sampled_from(FRAGMENTS)), min_size=1,
+    max_size=4).map(b"".join)), st.booleans(), st.data())
+def test_the_c_parser_of_the_common_form_agrees_with_httptools(
+        stream: bytes, eof: bool, data: st.DataObject) -> None:
+    # Whole requests in the common form are parsed in one C call; everything else
+    # is httptools'. The same bytes in the same reads must give the same requests
+    # and the same refusal either way.
+    chunks = cut(stream, data.draw(cuts_of(stream), label="cuts"))
+    for max_header_bytes in (SMALL_HEADERS, MAX_HEADER_BYTES):
+        fast = feed(chunks, body_limit=LIMIT, max_header_bytes=max_header_bytes, eof=eof)
+        full = feed(chunks, body_limit=LIMIT, max_header_bytes=max_header_bytes, eof=eof,
+                    fast_parse=False)
+        assert [fields(r) for r in fast.requests] == [fields(r) for r in full.requests]
+        assert (fast.error and fast.error.status) == (full.error and full.error.status)
+        assert fast.in_request == full.in_request
 
 
 ENDLESS = {

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httptools
 import pytest
 
+from fastfaas import _native
 from fastfaas.http.protocol import (
     MAX_HEADERS,
     ProtocolError,
@@ -431,3 +432,40 @@ def test_encoded_responses_back_to_back_parse_as_two() -> None:
 
     Collect().parser.feed_data(data)
     assert seen == [b"one", b"two!"]
+
+
+COMMON = (b"POST /v1/functions/f/invoke?x=1 HTTP/1.1\r\nHost: h:80\r\nContent-Type: a/b; q=1\r\n"
+          b"Content-Length: 2\r\nConnection: Keep-Alive\r\n\r\n{}")
+
+
+def test_the_c_parser_takes_a_whole_request_in_the_common_form() -> None:
+    got = _native.parse_request(b"GET / HTTP/1.1\r\n\r\n" + COMMON, 18, 1024, 100, 64)
+    assert got == (b"POST", b"/v1/functions/f/invoke?x=1",
+                   {b"host": b"h:80", b"content-type": b"a/b; q=1", b"content-length": b"2",
+                    b"connection": b"Keep-Alive"}, b"{}", 18 + len(COMMON))
+    assert _native.parse_request(b"GET / HTTP/1.1\r\n\r\n", 0, 1024, 100, 64) == (
+        b"GET", b"/", {}, b"", 18)
+
+
+@pytest.mark.parametrize("change", [
+    (b"POST ", b"post "), (b"POST ", b"BREW "), (b"HTTP/1.1", b"HTTP/1.0"),
+    (b"?x=1", b"#x"), (b"/v1", b"v1"), (b"Host: h:80", b"Host: h:80\r\nhost: h"),
+    (b"Host: h:80", b"Host: h:80 "), (b"Host: h:80", b"Host: h\t80"),
+    (b"Host: h:80", b"Host: h\xe9"), (b"Host: h:80", b"Host:"), (b"Host:", b"Host :"),
+    (b"Host: h:80\r\n", b"Host: h:80\r\n folded\r\n"), (b"Host: h:80\r\n", b"Host: h:80\n"),
+    (b"Keep-Alive", b"close"), (b"Content-Length: 2", b"Transfer-Encoding: chunked"),
+    (b"Content-Type", b"Expect: 100-continue\r\nX"), (b"Content-Type", b"Upgrade: h2c\r\nX"),
+    (b"Length: 2", b"Length: +2"), (b"Length: 2", b"Length: 0000000002"), (b"{}", b"{"),
+])
+def test_the_c_parser_leaves_every_other_form_to_httptools(change: tuple[bytes, bytes]) -> None:
+    old, new = change
+    assert old in COMMON
+    assert _native.parse_request(COMMON.replace(old, new, 1), 0, 1024, 100, 64) is None
+
+
+def test_the_c_parser_leaves_requests_past_its_limits_to_httptools() -> None:
+    size = len(COMMON) - 2  # the head
+    assert _native.parse_request(COMMON, 0, size, 5, 2) is not None
+    assert _native.parse_request(COMMON, 0, size - 1, 5, 2) is None  # head
+    assert _native.parse_request(COMMON, 0, size, 3, 2) is None  # headers
+    assert _native.parse_request(COMMON, 0, size, 5, 1) is None  # body
