@@ -393,7 +393,8 @@ _fill_classes()
 cdef tuple _METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS")
 cdef bytes _CONTENT_LENGTH = b"content-length"
 cdef bytes _CONNECTION = b"connection"
-cdef tuple _NOT_COMMON = (b"transfer-encoding", b"expect", b"upgrade")
+# llhttp reads Proxy-Connection as Connection: either, but keep-alive, is httptools'.
+cdef tuple _NOT_COMMON = (b"transfer-encoding", b"expect", b"upgrade", b"proxy-connection")
 
 
 def parse_request(bytes data not None, Py_ssize_t start, Py_ssize_t max_head,
@@ -407,13 +408,15 @@ def parse_request(bytes data not None, Py_ssize_t start, Py_ssize_t max_head,
     DELETE, HEAD or OPTIONS; a target of RFC 3986 characters starting with '/';
     HTTP/1.1; CRLF line ends; header names of token characters, each once;
     values of visible ASCII and inner spaces; no Transfer-Encoding, Expect or
-    Upgrade, Connection only as keep-alive; a Content-Length of at most nine
-    digits and max_body; at most max_headers headers and max_head bytes of
-    head; the whole body present."""
+    Upgrade, Connection only as keep-alive and no Proxy-Connection; a
+    Content-Length of at most nine digits and max_body; at most max_headers
+    headers, and max_head bytes of head both as sent and as ServerConnection
+    counts them (target, and name, value and 4 per header); the whole body
+    present."""
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = start, mark, name_end, value_start, ml, i, count = 0
-    cdef Py_ssize_t limit
+    cdef Py_ssize_t limit, counted
     cdef long long length = 0
     cdef char *low
     cdef bytes name, value
@@ -437,6 +440,7 @@ def parse_request(bytes data not None, Py_ssize_t start, Py_ssize_t max_head,
     while pos < limit and _TARGET[p[pos]]:
         pos += 1
     target = PyBytes_FromStringAndSize(<const char *>p + mark, pos - mark)
+    counted = pos - mark  # the head's size as ServerConnection counts it for its 431
     if limit - pos < 11 or memcmp(p + pos, b" HTTP/1.1\r\n", 11) != 0:
         return None
     pos += 11
@@ -462,7 +466,8 @@ def parse_request(bytes data not None, Py_ssize_t start, Py_ssize_t max_head,
                 or p[pos] != 13 or p[pos + 1] != 10):
             return None
         count += 1
-        if count > max_headers:
+        counted += name_end - mark + pos - value_start + 4
+        if count > max_headers or counted > max_head:
             return None
         name = PyBytes_FromStringAndSize(NULL, name_end - mark)
         low = PyBytes_AS_STRING(name)

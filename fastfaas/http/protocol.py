@@ -78,6 +78,7 @@ class ServerConnection:
         self._body_limit = body_limit
         self._max_header_bytes = max_header_bytes
         self._fast_parse = fast_parse
+        self._after_close = False  # httptools ended a message that closes the connection
         self._parser = httptools.HttpRequestParser(self)
         self._ready: collections.deque[Request] = collections.deque()
         self._body: list[bytes] = []
@@ -108,7 +109,7 @@ class ServerConnection:
             if self.in_request:
                 raise ProtocolError(400, "the connection closed in the middle of a request")
             return
-        if self._fast_parse and not self.in_request:
+        if self._fast_parse and not self.in_request and not self._after_close:
             data = self._whole_requests(data)
             if not data:
                 return
@@ -231,8 +232,10 @@ class ServerConnection:
 
     def on_message_complete(self) -> None:
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        keep_alive = self._parser.should_keep_alive()
+        self._after_close = self._after_close or not keep_alive  # more is httptools' to refuse
         self._ready.append(Request(self._parser.get_method(), self._url, self._headers, body,
-                                   self._parser.should_keep_alive()))
+                                   keep_alive))
         self.in_request = False
         self._reset_message()
 

@@ -15,6 +15,7 @@ import math
 import select
 import socket
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
@@ -184,7 +185,9 @@ class HttpServer:
         self._ep: select.epoll | None = None
         self._conn_of: dict[int, _Conn] = {}  # a connection's descriptor -> it
         self._waiting_on: dict[int, _Conn] = {}  # a Pending's descriptor -> its connection
-        self._owners: dict[int, object] = {}  # a Pending's descriptor in the set -> its owner
+        # A Pending's descriptor in the set -> its owner, held weakly: a closed channel's
+        # entry (and its buffers) goes with it, and a new owner registers again.
+        self._owners: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -203,7 +206,10 @@ class HttpServer:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept on the listeners until close(); returns when every connection is done."""
         self._now = trio.lowlevel.current_clock().current_time  # one call, not three
-        self._ep = select.epoll()
+        self._ep = select.epoll()  # a new set: nothing in it yet
+        self._conn_of.clear()
+        self._waiting_on.clear()
+        self._owners.clear()
         try:
             async with trio.open_nursery() as conns:
                 self._nursery = conns
@@ -452,8 +458,15 @@ class HttpServer:
         self._in_flight -= 1
         self.requests += 1
         keep_alive = request.keep_alive and not self.closing
-        return encode_response(response.status, response.headers, response.body, keep_alive,
-                               head=request.method == b"HEAD"), keep_alive
+        head = request.method == b"HEAD"
+        try:
+            data = encode_response(response.status, response.headers, response.body,
+                                   keep_alive, head=head)
+        except TypeError as exc:  # a header or body that is not bytes: the app's bug
+            response = _bug(exc)
+            data = encode_response(response.status, response.headers, response.body,
+                                   keep_alive, head=head)
+        return data, keep_alive
 
     def _respond_now(self, conn: _Conn, request: Request, response: Response) -> bool:
         """Send the response if the socket takes it all at once (a task sends the

@@ -174,17 +174,21 @@ def common_requests(draw: st.DrawFn) -> bytes:
     twice, which it leaves to httptools)."""
     method = draw(st.sampled_from(METHODS))
     target, _ = draw(targets())
-    names = draw(st.lists(header_names, max_size=6))  # a name twice: httptools' to join
+    # A name twice (httptools' to join), and the names that bear on the connection.
+    names = draw(st.lists(header_names | st.sampled_from(
+        ["Connection", "Proxy-Connection", "Keep-Alive"]), max_size=6))
     values = st.text(string.ascii_letters + string.digits + " ;=,./:-", min_size=1,
-                     max_size=20).map(lambda v: v.strip(" ") or "v")
+                     max_size=20).map(lambda v: v.strip(" ") or "v") | st.sampled_from(
+        ["close", "keep-alive", "Keep-Alive", "upgrade"])
     lines = [(name, draw(values)) for name in names]
+    colon = draw(st.sampled_from([b": ", b":", b":  "]))
     body = draw(st.binary(max_size=8) | st.binary(min_size=30, max_size=36))  # LIMIT is 32
     if body or draw(st.booleans()):
         lines.append(("Content-Length", str(len(body))))
     if draw(st.booleans()):
         lines.append(("Connection", draw(st.sampled_from(["keep-alive", "Keep-Alive"]))))
     head = b"%s %s HTTP/1.1\r\n" % (method.encode(), target)
-    head += b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in lines)
+    head += b"".join(b"%s%s%s\r\n" % (n.encode(), colon, v.encode()) for n, v in lines)
     return head + b"\r\n" + body
 
 

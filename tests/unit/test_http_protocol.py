@@ -456,6 +456,7 @@ def test_the_c_parser_takes_a_whole_request_in_the_common_form() -> None:
     (b"Keep-Alive", b"close"), (b"Content-Length: 2", b"Transfer-Encoding: chunked"),
     (b"Content-Type", b"Expect: 100-continue\r\nX"), (b"Content-Type", b"Upgrade: h2c\r\nX"),
     (b"Length: 2", b"Length: +2"), (b"Length: 2", b"Length: 0000000002"), (b"{}", b"{"),
+    (b"Connection: Keep-Alive", b"Proxy-Connection: keep-alive"),
 ])
 def test_the_c_parser_leaves_every_other_form_to_httptools(change: tuple[bytes, bytes]) -> None:
     old, new = change
@@ -469,3 +470,28 @@ def test_the_c_parser_leaves_requests_past_its_limits_to_httptools() -> None:
     assert _native.parse_request(COMMON, 0, size - 1, 5, 2) is None  # head
     assert _native.parse_request(COMMON, 0, size, 3, 2) is None  # headers
     assert _native.parse_request(COMMON, 0, size, 5, 1) is None  # body
+
+
+def test_the_c_parser_counts_the_head_as_server_connection_does_for_its_431() -> None:
+    # "name:value" lines are 3 bytes longer than name and value as sent, but count 4.
+    head = b"GET /a HTTP/1.1\r\n" + b"".join(b"h%02d:v\r\n" % i for i in range(40)) + b"\r\n"
+    counted = len(b"/a") + 40 * (3 + 1 + 4)
+    assert counted > len(head)
+    assert _native.parse_request(head, 0, counted, 100, 0) is not None
+    assert _native.parse_request(head, 0, counted - 1, 100, 0) is None
+    for fast in (True, False):  # and the connection refuses it either way
+        conn = ServerConnection(lambda method, path: 0, counted - 1, fast_parse=fast)
+        with pytest.raises(ProtocolError) as refused:
+            conn.receive_data(head)
+        assert refused.value.status == 431
+
+
+def test_after_a_request_that_closes_the_connection_more_bytes_are_refused_either_way() -> None:
+    for fast in (True, False):
+        conn = ServerConnection(lambda method, path: 0, fast_parse=fast)
+        conn.receive_data(b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n")
+        request = conn.next_request()
+        assert request is not None and not request.keep_alive
+        with pytest.raises(ProtocolError) as refused:
+            conn.receive_data(b"GET /b HTTP/1.1\r\n\r\n")
+        assert refused.value.status == 400

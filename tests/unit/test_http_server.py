@@ -527,6 +527,19 @@ async def test_a_pending_whose_rest_must_wait_is_finished_in_a_task() -> None:
         assert server.in_flight == 0
 
 
+async def test_a_response_that_cannot_be_encoded_is_a_500_and_the_server_goes_on() -> None:
+    async def bad_headers(request: Request) -> Response:
+        if request.path == "/bad":  # a str where bytes belong: the app's bug
+            return Response(200, b"", [(b"x-a", "1")])  # type: ignore[list-item]
+        return await echo(request)
+
+    async with running(bad_headers) as (server, port), await Client.connect(port) as client:
+        served = await client.request(get("/bad"))
+        assert served.status == 500 and b"a header must be a" in served.body
+        assert (await client.request(get("/next"))).body == b"GET /next "
+        assert server.in_flight == 0
+
+
 async def test_a_fast_path_bug_is_a_500_and_the_connection_goes_on() -> None:
     async with fast_server() as (server, port, _), await Client.connect(port) as client:
         served = await client.request(get("/boom"))
