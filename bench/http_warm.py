@@ -369,12 +369,55 @@ def check_uvicorn(server: Server) -> None:
 # --- throughput: wrk --------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class CpuSample:
+    """What the server and the processes below it have used so far."""
+
+    server_ticks: int  # utime + stime of the server process, all its threads
+    below: dict[tuple[int, str], int]  # (pid, start time) -> utime + stime, per descendant
+    preempted: int  # involuntary context switches of the server's main (event loop) thread
+
+
+def cpu_sample(pid: int) -> CpuSample | None:
+    fields = _common.proc_stat(pid)
+    if fields is None:
+        return None
+    below: dict[tuple[int, str], int] = {}
+    for child, start in _common.descendants(pid).items():
+        if (its := _common.proc_stat(child)) is not None:
+            below[child, start] = int(its[11]) + int(its[12])
+    preempted = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("nonvoluntary_ctxt_switches:"):
+                preempted = int(line.split()[1])
+    return CpuSample(int(fields[11]) + int(fields[12]), below, preempted)
+
+
+def cpu_per_request(before: CpuSample | None, after: CpuSample | None,
+                    requests: int) -> dict[str, float | None]:
+    """Per request over a round: the server's CPU (us), its descendants' (instances,
+    zygotes; a process that started during the round counts whole), and how often the
+    event loop's thread was preempted."""
+    if before is None or after is None or requests <= 0:
+        return {"server_cpu_us": None, "below_cpu_us": None, "preemptions": None}
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    below = sum(ticks - before.below.get(key, 0) for key, ticks in after.below.items())
+    return {
+        "server_cpu_us": round((after.server_ticks - before.server_ticks) * tick_us / requests, 1),
+        "below_cpu_us": round(below * tick_us / requests, 1),
+        "preemptions": round((after.preempted - before.preempted) / requests, 3),
+    }
+
+
 def run_wrk(server: Server, seconds: int, p: Params, script: Path) -> dict[str, Any]:
     url = f"http://{HOST}:{server.port}{server.invoke_path}"
     argv = ["wrk", f"-t{p.threads}", f"-c{p.connections}", f"-d{seconds}s", "--timeout", "10s",
             "-s", str(script), url]
+    before = cpu_sample(server.proc.pid)
     proc = subprocess.run(argv, capture_output=True, text=True, check=False,
                           timeout=seconds + 60)
+    after = cpu_sample(server.proc.pid)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({proc.returncode}): {argv}\n{proc.stdout}\n{proc.stderr}")
@@ -384,6 +427,7 @@ def run_wrk(server: Server, seconds: int, p: Params, script: Path) -> dict[str, 
     r["rps"] = round(r["requests"] / seconds_run, 1)
     r["ok_rps"] = round((r["requests"] - failed) / seconds_run, 1)
     r["errors_total"] = sum(r["errors"].values())
+    r.update(cpu_per_request(before, after, r["requests"]))
     server.check_alive()
     return r
 
@@ -417,6 +461,9 @@ def bench_throughput(servers: dict[str, Server], p: Params, script: Path) -> dic
                 r[name]["latency_us"]["p99"] for r in rounds) / 1000, 4),
             "errors_total": sum(r[name]["errors_total"] for r in rounds),
         }
+        for key in ("server_cpu_us", "below_cpu_us", "preemptions"):
+            values = [r[name][key] for r in rounds if r[name][key] is not None]
+            out[name][f"median_{key}"] = statistics.median(values) if values else None
     if len(servers) == 2:
         ratios = [r["ratio"] for r in rounds]
         out["ratio_median_of_rounds"] = round(statistics.median(ratios), 3)
@@ -628,6 +675,11 @@ def table(report: dict[str, Any]) -> str:
                   for n in names] + ([""] if both else [])))
     rows.append(("  errors (all rounds)", [thr[n]["errors_total"] for n in names]
                  + ([""] if both else [])))
+    for key, label in (("server_cpu_us", "  server CPU us / request"),
+                       ("below_cpu_us", "  its child processes' CPU us / request"),
+                       ("preemptions", "  loop thread preempted / request")):
+        values = [thr[n].get(f"median_{key}") for n in names]
+        rows.append((label, [*values, *([ratio(values[0], values[1])] if both else [])]))
     for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
         rows.append((f"latency, 1 conn, {key.replace('_ms', '')} ms",
                      [lat[n][key] for n in names]
