@@ -20,7 +20,10 @@ both alike:
    script (POST, body `{}`) whose `done` hook prints a JSON line; after a
    warm-up run per server, `rounds` rounds, each measuring both servers back
    to back (order alternating); the ratio fastfaas/uvicorn per round, and
-   the median of the rounds and of the ratios;
+   the median of the rounds and of the ratios; per round and server, from
+   /proc around the wrk run, the server's CPU per request (all its threads),
+   its child processes' (instances, zygotes) and the involuntary context
+   switches of its main thread (the event loop) per request;
 2. latency at 1 connection: a raw-socket HTTP/1.1 keep-alive client (blocking
    socket, TCP_NODELAY, the request bytes built once, the response read to
    its Content-Length), `requests` sequential requests in blocks alternating
