@@ -271,13 +271,6 @@ def zygote_memory_bytes(int64_t memory_mb):
     return b
 
 
-def write_at0(int fd, bytes data):
-    """pwrite(fd, data, 0): the way cgroup files are written."""
-    cdef int rc = ff_write_at0(fd, data, len(data))
-    if rc < 0:
-        raise _oserror(-rc, f"write {data!r} to fd {fd}")
-
-
 def read_i64(int fd):
     """The first integer in a cgroup file read from offset 0 ('max' is 2**63-1)."""
     cdef int64_t v = 0

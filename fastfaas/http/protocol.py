@@ -1,6 +1,7 @@
 """HTTP/1.1 server side, sans-IO: bytes in, whole requests out; responses to bytes.
 
-`ServerConnection` wraps httptools' parser (llhttp). The trio adapter in
+`ServerConnection` wraps httptools' parser (llhttp), and takes whole requests
+in their common form in one C call (`_native.parse_request`). The trio adapter in
 `server.py` only moves bytes between a socket and this object and decides
 when to time out; everything about the protocol is here and is tested on
 bytes alone.
@@ -71,6 +72,9 @@ class ServerConnection:
             known (from Content-Length, or while chunks arrive), not after
             reading it all.
         max_header_bytes: request line plus headers; larger is 431.
+        fast_parse: try `_native.parse_request` on whole requests in their common
+            form before httptools (False: httptools parses everything; the tests
+            hold the two to the same results).
     """
 
     def __init__(self, body_limit: BodyLimit, max_header_bytes: int = MAX_HEADER_BYTES,

@@ -598,8 +598,6 @@ class HttpServer:
 
 
 _EDGE_READ: Final = select.EPOLLIN | select.EPOLLET
-
-
 _HUNG_UP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 

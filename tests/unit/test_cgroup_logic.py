@@ -155,9 +155,9 @@ def test_native_file_readers(tmp_path: Path) -> None:
         assert _native.read_keyed_i64(fd, b"oom_kill") == 7
         with pytest.raises(OSError):
             _native.read_keyed_i64(fd, b"missing")
-        _native.write_at0(fd, b"max\n")
+        os.pwrite(fd, b"max\n", 0)
         assert _native.read_i64(fd) == 2**63 - 1
-        _native.write_at0(fd, b"12345\n")
+        os.pwrite(fd, b"12345\n", 0)
         assert _native.read_i64(fd) == 12345
     finally:
         os.close(fd)
