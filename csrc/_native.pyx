@@ -386,7 +386,7 @@ _fill_classes()
 cdef tuple _METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS")
 cdef bytes _CONTENT_LENGTH = b"content-length"
 cdef bytes _CONNECTION = b"connection"
-# llhttp reads Proxy-Connection as Connection: either, but keep-alive, is httptools'.
+# Proxy-Connection, which llhttp reads as Connection, is httptools' whatever its value.
 cdef tuple _NOT_COMMON = (b"transfer-encoding", b"expect", b"upgrade", b"proxy-connection")
 
 
