@@ -490,18 +490,7 @@ class Cgroups:
     def memory_usage(self, cg: CgroupSet) -> int:
         """The memory cgroup's usage now (bytes), 0 if it has none or is gone."""
         path = self.usage_file(cg)
-        if path is None:
-            return 0
-        try:  # plain os calls: no release of the GIL for one read in the event loop
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return 0
-        try:
-            return int(os.read(fd, 32))
-        except (OSError, ValueError):
-            return 0
-        finally:
-            os.close(fd)
+        return 0 if path is None else _native.read_files_i64([path])[0]
 
     def oom_kills(self, cg: CgroupSet) -> int:
         if cg.oom_fd < 0:
