@@ -56,4 +56,4 @@ serve: $(STAMP)
 	$(PY) -m fastfaas serve --examples
 
 clean:
-	rm -rf build *.egg-info fastfaas/*.so csrc/_native.c .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build *.egg-info fastfaas/*.so csrc/_native.c csrc/_lane.c .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Builds the one native extension, fastfaas._native, from csrc/."""
+"""Builds the native extensions, fastfaas._native and fastfaas._lane, from csrc/."""
 
 import sys
 
@@ -19,4 +19,13 @@ native = Extension(
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
 )
 
-setup(ext_modules=cythonize([native], language_level=3, compiler_directives={"binding": False}))
+# The warm invocation's path through the HTTP server (see its docstring).
+lane = Extension(
+    "fastfaas._lane",
+    sources=["csrc/_lane.pyx"],
+    include_dirs=["csrc"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
+)
+
+setup(ext_modules=cythonize([native, lane], language_level=3,
+                            compiler_directives={"binding": False}))

@@ -156,7 +156,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                             loopback=is_loopback(opts.host),
                             max_body=int(opts.max_body_mb * 1024 * 1024))
             poller.on_result = api.record_async
-            http = HttpServer(api, api.body_limit, opts.limits, fast=api.fast)
+            http = HttpServer(api, api.body_limit, opts.limits, fast=api.lane.start,
+                              take=api.lane.take)
             await nursery.start(poller.run)
             nursery.start_soon(_keep_usage, rt, store)
             rt.on_size_change = functools.partial(_keep_size, rt, store, api)

@@ -108,6 +108,12 @@ class Metrics:
                " (the HTTP front end's fast path).")
         nowait = stats.get("counters", {}).get("nowait_calls", 0)
         out.append(f"fastfaas_nowait_calls_total {nowait}")
+        family("fastfaas_lane_calls_total", "counter",
+               "Warm invocations the compiled lane (fastfaas._lane) started, by how they"
+               " ended: finished there, or left for the Python path (an error, a timeout...).")
+        for end in ("finished", "left"):
+            out.append(f'fastfaas_lane_calls_total{{end="{end}"}} '
+                       f'{stats.get("counters", {}).get("lane_" + end, 0)}')
         family("fastfaas_async_queued", "gauge", "Asynchronous invocations waiting to run.")
         out.append(f"fastfaas_async_queued {queued}")
         family("fastfaas_http_errors_total", "counter", "Platform error responses by status.")

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import trio
 
-from fastfaas import errors, wire
+from fastfaas import _lane, _native, errors, wire
 from fastfaas.config import FunctionConfig, check_name
 from fastfaas.errors import (
     FastfaasError,
@@ -42,8 +42,8 @@ from fastfaas.http import sigv4
 from fastfaas.http.lambda_api import LambdaApi
 from fastfaas.http.lambda_api import error_response as lambda_error
 from fastfaas.http.metrics import Metrics
-from fastfaas.http.protocol import Request
-from fastfaas.http.server import JSON, Pending, Response, error_response
+from fastfaas.http.protocol import FAST_BODY_MAX, MAX_HEADERS, Request
+from fastfaas.http.server import JSON, RECEIVE_BYTES, Pending, Response, error_response
 from fastfaas.runtime import code as code_bundles
 from fastfaas.runtime import sizing
 from fastfaas.runtime.results import InvocationResult
@@ -101,6 +101,13 @@ class NativeApi:
         self.lambda_api = LambdaApi(self)
         self.aws_credentials = aws_credentials or {}  # access key id -> secret (SigV4)
         self.loopback = loopback
+        self.lane = _lane.WarmLane(
+            self, fast_invoke=_FastInvoke, decode_result=wire.instance_out.decode,
+            validate_json=msgspec.json.decode, compare=hmac.compare_digest,
+            stats=trio.lowlevel.current_statistics, parse=_native.parse_request,
+            max_payload=wire.MAX_PAYLOAD, inline_max=wire.INLINE_MAX, log_tail=wire.LOG_TAIL,
+            kind_warm=_native.KIND_WARM, receive_bytes=RECEIVE_BYTES, max_headers=MAX_HEADERS,
+            fast_body_max=FAST_BODY_MAX)
 
     # --- the App ---------------------------------------------------------------
 
@@ -207,8 +214,11 @@ class NativeApi:
     def fast(self, req: Request) -> Response | Pending | None:
         """The HTTP server's fast path: a synchronous invocation (RequestResponse,
         no route key) that an idle instance can take at once, answered without a
-        task (`Runtime.invoke_nowait`). None: `__call__` answers it, with every
-        check and error as ever."""
+        task. None: `__call__` answers it, with every check and error as ever.
+
+        The compiled lane (`fastfaas._lane.WarmLane.start`, bound in `__init__`)
+        does it; this is its Python form, which the tests hold it to
+        (`Runtime.invoke_nowait`)."""
         path = req.path
         if (req.method != b"POST" or not path.startswith("/v1/functions/")
                 or not path.endswith("/invoke")):
@@ -532,6 +542,23 @@ class _FastInvoke:
             out = self.call.step()
         except Exception as exc:
             return self.api._bug(exc)
+        return self._answer(out)
+
+    def settle(self, got: tuple[bytes, list[int]] | None,
+               ended: tuple[int, int, int, int] | None = None,
+               ) -> Response | Callable[[], Awaitable[Response]]:
+        """`step` with the reply received already (`FastCall.settle`): for a call that
+        leaves the compiled lane there."""
+        try:
+            out = self.call.settle(got, ended)
+        except Exception as exc:
+            return self.api._bug(exc)
+        answer = self._answer(out)
+        assert answer is not None
+        return answer
+
+    def _answer(self, out: InvocationResult | Callable[[], Awaitable[InvocationResult]] | None,
+                ) -> Response | Callable[[], Awaitable[Response]] | None:
         if out is None:
             return None
         if isinstance(out, InvocationResult):

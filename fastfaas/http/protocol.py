@@ -163,6 +163,18 @@ class ServerConnection:
             self._ready.append(Request(method, target, headers, body, True))
         return data[pos:] if pos else data
 
+    def takes_whole(self) -> bool:
+        """Whether the next bytes may start a request in its common form (no request
+        begun, nothing for httptools): what `receive_data` tries `_native.parse_request`
+        on, and what a caller may parse itself instead (see `took_whole`)."""
+        return self._fast_parse and not self.in_request and not self._after_close
+
+    def took_whole(self) -> None:
+        """The caller read one whole request in the common form from the peer and
+        answers it itself, as `next_request` would have given it (see `takes_whole`)."""
+        self.requests_begun += 1
+        self.headers_done = True
+
     def next_request(self) -> Request | None:
         """The next complete request, in order, or None."""
         return self._ready.popleft() if self._ready else None

@@ -76,10 +76,12 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 class Pending(Protocol):
     """A request the fast path has started and not finished: `fd` becomes
     readable when it may have progressed; `step()` then gives None (not yet),
-    the Response, or an async function whose result is the Response (the rest
-    needs a task). `step()` is also called once at first, unless `waits_first`
-    (nothing can have arrived yet: many requests in flight), and may be called
-    when nothing has arrived (None then).
+    the Response (or its bytes, encoded for a keep-alive connection: the
+    server adds `connection: close` when the connection closes after it), or
+    an async function whose result is the Response (the rest needs a task).
+    `step()` is also called once at first, unless `waits_first` (nothing can
+    have arrived yet: many requests in flight), and may be called when nothing
+    has arrived (None then).
 
     `owner` is what holds `fd` open (an instance's channel): the same object
     for as long as the descriptor is the same one. The server keeps a
@@ -90,7 +92,7 @@ class Pending(Protocol):
     owner: object
     waits_first: bool
 
-    def step(self) -> Response | Callable[[], Awaitable[Response]] | None: ...
+    def step(self) -> bytes | Response | Callable[[], Awaitable[Response]] | None: ...
 
     def abandon(self) -> None:
         """The server will not step it again (its connection went with the server):
@@ -100,6 +102,12 @@ class Pending(Protocol):
 # Answers a request without a task when it can: a Response, a Pending, or None
 # (the App then answers it, in a task).
 Fast = Callable[[Request], "Response | Pending | None"]
+# Reads a connection (its descriptor, the header limit) as `socket.recv(RECEIVE_BYTES)`
+# does, and answers what came without a Request when it is one whole request that
+# `Fast` would answer: a Response or a Pending for it; otherwise the bytes read.
+Take = Callable[[int, int], "bytes | Response | Pending"]
+# A request `Take` answered: a keep-alive POST (only its keep_alive and method are read).
+_TAKEN: Final = Request(b"POST", b"/", {}, b"", True)
 
 
 class _Conn:
@@ -161,12 +169,15 @@ class HttpServer:
         body_limit: the largest body for (method, path); larger is 413.
         limits: timeouts and sizes.
         fast: answers a request without a task when it can (see `Fast`).
+        take: reads a connection and answers a whole request in it without a
+            Request object when it can (see `Take`); `fast`'s form in C.
     """
 
     def __init__(self, app: App, body_limit: BodyLimit, limits: Limits | None = None,
-                 fast: Fast | None = None) -> None:
+                 fast: Fast | None = None, take: Take | None = None) -> None:
         self.app = app
         self.fast = fast
+        self.take = take
         self.body_limit = body_limit
         self.limits = limits or Limits()
         self.closing = False
@@ -388,8 +399,23 @@ class HttpServer:
                     conn.waits = True  # what comes next comes with an event
                     return
                 conn.stirred = False
+                take = self.take
                 try:
-                    data = sock.recv(RECEIVE_BYTES)
+                    if take is not None and parser.takes_whole():
+                        got = take(conn.fd, limits.max_header_bytes)
+                        if not isinstance(got, bytes):  # a request, taken: as below
+                            parser.took_whole()
+                            conn.idle = False
+                            conn.deadline = math.inf
+                            self._in_flight += 1
+                            self.fast_requests += 1
+                            if not self._answered_fast(conn, _TAKEN, got):
+                                return
+                            drained = True
+                            continue
+                        data = got
+                    else:
+                        data = sock.recv(RECEIVE_BYTES)
                 except BlockingIOError:
                     conn.waits = True
                     return
@@ -417,17 +443,20 @@ class HttpServer:
                                                     functools.partial(self.app, request)))
                 return
             self.fast_requests += 1
-            if isinstance(answer, Response):
-                if not self._respond_now(conn, request, answer):
-                    return
-            else:
-                conn.pending, conn.request = answer, request
-                if answer.waits_first:
-                    self._wait_for(answer, conn)
-                    return
-                if not self._advance(conn):
-                    return
+            if not self._answered_fast(conn, request, answer):
+                return
             drained = True
+
+    def _answered_fast(self, conn: _Conn, request: Request, answer: Response | Pending) -> bool:
+        """A request the fast path took: answer it now, or wait for it; True once
+        answered and `conn` may go on."""
+        if isinstance(answer, Response):
+            return self._respond_now(conn, request, answer)
+        conn.pending, conn.request = answer, request
+        if answer.waits_first:
+            self._wait_for(answer, conn)
+            return False
+        return self._advance(conn)
 
     def _serve_safely(self, conn: _Conn) -> None:
         try:
@@ -448,6 +477,8 @@ class HttpServer:
             self._wait_for(pending, conn)
             return False
         conn.pending = conn.request = None
+        if isinstance(out, bytes):  # encoded already, for a keep-alive connection
+            return self._send_encoded(conn, request, out)
         if isinstance(out, Response):
             return self._respond_now(conn, request, out)
         self._spawn(conn, functools.partial(self._answer, conn, request, out))
@@ -472,6 +503,9 @@ class HttpServer:
         """Send the response if the socket takes it all at once (a task sends the
         rest otherwise); True when `conn` may go on with its next request."""
         data, keep_alive = self._encoded(request, response)
+        return self._send_response(conn, data, keep_alive)
+
+    def _send_response(self, conn: _Conn, data: bytes, keep_alive: bool) -> bool:
         sent = self._send_some(conn, data)
         if sent < 0:
             return False
@@ -479,6 +513,16 @@ class HttpServer:
             self._spawn(conn, functools.partial(self._write, conn, data[sent:], keep_alive))
             return False
         return self._responded(conn, keep_alive)
+
+    def _send_encoded(self, conn: _Conn, request: Request, data: bytes) -> bool:
+        """`_respond_now` for a response the Pending encoded for keep-alive."""
+        self._in_flight -= 1
+        self.requests += 1
+        keep_alive = request.keep_alive and not self.closing
+        if not keep_alive:
+            end = data.index(b"\r\n") + 2  # after the status line
+            data = data[:end] + b"connection: close\r\n" + data[end:]
+        return self._send_response(conn, data, keep_alive)
 
     def _send_some(self, conn: _Conn, data: bytes) -> int:
         """What the socket takes of `data` now; -1 when the peer went away (`conn` is

@@ -983,6 +983,14 @@ class Runtime:
             self._auto_size(fv)
         return result
 
+    def _logged(self, fv: FunctionVersion, start: str, request_id: str, duration_us: int,
+                peak: int, cpu_us: int, held_us: int, log_tail: bytes) -> None:
+        """`_done` for a success given in parts (the compiled lane's: no result object)."""
+        self._log_parts(fv, start, request_id, duration_us, peak, cpu_us, held_us, None,
+                        log_tail, 0)
+        if fv.config.auto_size and fv.auto_count >= self.auto_size_after:
+            self._auto_size(fv)
+
     def invoke_nowait(self, name: str, payload: bytes) -> FastCall | None:
         """Hand an event to an idle instance of `name` ($LATEST) without waiting:
         the HTTP front end's way of serving warm calls without a task per call.
@@ -1027,14 +1035,31 @@ class Runtime:
         cpu_base = self.cgroups.begin(inst.cgroup) if inst.cgroup is not None else 0
         replace_after = self._count_start(fv, start)
         assert inst.chan is not None
+        if not inst.chan.send_nowait(invocation.data):
+            return self._hand_over_unsent(fv, inst, start, request_id, payload, invocation.data,
+                                          invocation.deadline, cpu_base, replace_after)
+        self.counters["nowait_calls"] += 1
+        return self._fast_call(fv, inst, start, request_id, payload, cpu_base,
+                               self._watch_deadline(invocation.deadline, inst), replace_after)
+
+    def _fast_call(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                   request_id: str, payload: bytes, cpu_base: int, entry: Deadline,
+                   replace_after: bool = False) -> FastCall:
+        """The FastCall of an invocation sent to `inst`, its deadline watched (`entry`);
+        also where a call the compiled lane (fastfaas._lane) started goes on."""
         call = FastCall(self, fv, inst, start, request_id, payload, cpu_base, replace_after)
-        if inst.chan.send_nowait(invocation.data):
-            self.counters["nowait_calls"] += 1
-            call.entry = self._watch_deadline(invocation.deadline, inst)
-        else:  # dead, or its buffer full: invoke's own path sends it (or retries)
-            call.later = functools.partial(self._run, fv, inst, start, request_id, invocation,
-                                           cpu_base, False)
-            call.waits_first = False  # nothing was sent: no reply will stir `fd`
+        call.entry = entry
+        return call
+
+    def _hand_over_unsent(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
+                          request_id: str, payload: bytes, data: bytes, deadline: float,
+                          cpu_base: int, replace_after: bool = False) -> FastCall:
+        """The FastCall of an invocation that could not be sent at once (the instance
+        dead, or its buffer full): invoke's own path sends it, or retries."""
+        call = FastCall(self, fv, inst, start, request_id, payload, cpu_base, replace_after)
+        call.later = functools.partial(self._run, fv, inst, start, request_id,
+                                       Invocation(data, deadline), cpu_base, False)
+        call.waits_first = False  # nothing was sent: no reply will stir `fd`
         return call
 
     def _count_start(self, fv: FunctionVersion, start: str) -> bool:
@@ -1076,13 +1101,20 @@ class Runtime:
             self._maybe_finish_draining(fv)
 
     def _log(self, fv: FunctionVersion, result: InvocationResult) -> None:
+        usage = result.usage
+        self._log_parts(fv, result.start, result.request_id, result.duration_us,
+                        usage.max_memory_bytes, usage.cpu_us, usage.throttled_us,
+                        None if result.error is None else result.error.kind, result.log_tail,
+                        result.escalated_mb)
+
+    def _log_parts(self, fv: FunctionVersion, start: str, request_id: str, duration_us: int,
+                   peak: int, cpu_us: int, held_us: int, kind: str | None, log_tail: bytes,
+                   escalated_mb: int) -> None:
         name = fv.name
         now = time.time()
-        kind = None if result.error is None else result.error.kind
-        size = result.escalated_mb or fv.config.memory_mb
-        sample = sizing.UsageSample(now, result.usage.max_memory_bytes, result.usage.cpu_us,
-                                    result.duration_us, kind or "success", result.start,
-                                    size, result.usage.throttled_us)
+        size = escalated_mb or fv.config.memory_mb
+        sample = sizing.UsageSample(now, peak, cpu_us, duration_us, kind or "success", start,
+                                    size, held_us)
         fv.usage.append(sample)
         if size == fv.config.memory_mb:
             fv.auto_count += 1
@@ -1096,8 +1128,7 @@ class Runtime:
         entries = self._logs.get(name)
         if entries is None:
             entries = self._logs[name] = collections.deque(maxlen=self._log_entries)
-        entries.append(LogEntry(now, result.request_id, result.start, result.duration_us, kind,
-                                result.log_tail))
+        entries.append(LogEntry(now, request_id, start, duration_us, kind, log_tail))
 
     async def _invoke_once(self, fv: FunctionVersion, raw: bytes, request_id: str,
                            route_key: str | None = None,
@@ -1806,10 +1837,12 @@ class Runtime:
         return done if isinstance(done, InvocationResult) else await done()
 
     def _finish_now(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
-                    request_id: str, got: tuple[bytes, list[int]] | None,
-                    cpu_base: int) -> InvocationResult | Callable[[], Awaitable[InvocationResult]]:
+                    request_id: str, got: tuple[bytes, list[int]] | None, cpu_base: int,
+                    ended: tuple[int, int, int, int] | None = None,
+                    ) -> InvocationResult | Callable[[], Awaitable[InvocationResult]]:
         """`_finish` without waiting: the result, or when the instance died or left
-        processes behind, what to await for it (shielded from cancellation)."""
+        processes behind, what to await for it (shielded from cancellation).
+        `ended`: what `Cgroups.end` gave already for this reply."""
         if inst.timed_out:
             fv.quick = False
             if got is not None:
@@ -1852,7 +1885,7 @@ class Runtime:
             return died
         cg = inst.cgroup
         if cg is not None:
-            peak, cpu_ns, tasks, held_ns = self.cgroups.end(cg, cpu_base)
+            peak, cpu_ns, tasks, held_ns = ended or self.cgroups.end(cg, cpu_base)
             if tasks > 1:
                 answer = result
 
@@ -2464,7 +2497,6 @@ class FastCall:
         self.waits_first = not lone
 
     def step(self) -> InvocationResult | Callable[[], Awaitable[InvocationResult]] | None:
-        rt = self.rt
         if self.later is not None:
             return self._rest
         chan = self.inst.chan
@@ -2476,11 +2508,19 @@ class FastCall:
             return None
         except (OSError, wire.FrameError):
             got = None
+        return self.settle(got)
+
+    def settle(self, got: tuple[bytes, list[int]] | None,
+               ended: tuple[int, int, int, int] | None = None,
+               ) -> InvocationResult | Callable[[], Awaitable[InvocationResult]]:
+        """`step` once the reply is in: `got` as `recv_nowait` gave it; `ended`,
+        what `Cgroups.end` gave if it was called for this reply already."""
+        rt = self.rt
         assert self.entry is not None
         self.entry.finish()
         try:
             done = rt._finish_now(self.fv, self.inst, self.start, self.request_id, got,
-                                  self.cpu_base)
+                                  self.cpu_base, ended)
         except BaseException:  # what invoke's finally clauses would undo
             self._end()
             raise

@@ -81,9 +81,27 @@ def nowait_calls(client: httpx.Client) -> int:
     raise AssertionError("no fastfaas_nowait_calls_total in /metrics")
 
 
+def lane_calls(client: httpx.Client) -> dict[str, int]:
+    """fastfaas_lane_calls_total by end: finished in the compiled lane, or left it."""
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("fastfaas_lane_calls_total{"):
+            out[line.split('"')[1]] = int(line.split()[1])
+    assert set(out) == {"finished", "left"}, out
+    return out
+
+
+def left_lane(client: httpx.Client, before: dict[str, int]) -> int:
+    """Calls that left the lane since `before`; none finished in it meanwhile."""
+    now = lane_calls(client)
+    assert now["finished"] == before["finished"], (before, now)
+    return now["left"] - before["left"]
+
+
 def test_warm_calls_take_the_fast_path_and_answer_as_ever(client: httpx.Client) -> None:
     deploy(client, "fp-plain")
     before = nowait_calls(client)
+    lane = lane_calls(client)
     pids = set()
     for i in range(5):
         r = invoke(client, "fp-plain", {"i": i})
@@ -97,6 +115,7 @@ def test_warm_calls_take_the_fast_path_and_answer_as_ever(client: httpx.Client) 
         assert "x-fastfaas-function-error" not in r.headers
     assert len(pids) == 1  # one warm instance served them all
     assert nowait_calls(client) - before == 5
+    assert lane_calls(client) == {"finished": lane["finished"] + 5, "left": lane["left"]}
     logs = client.get("/v1/functions/fp-plain/logs").json()["entries"]
     assert [e["start"] for e in logs[-5:]] == ["warm"] * 5
 
@@ -122,9 +141,11 @@ def test_a_warm_instance_that_dies_answers_crashed_and_the_next_call_works(
         client: httpx.Client) -> None:
     deploy(client, "fp-dies")
     before = nowait_calls(client)
+    lane = lane_calls(client)
     r = invoke(client, "fp-dies", {"do": "die"})
     assert r.status_code == 200
     assert r.headers["x-fastfaas-function-error"] == "Crashed"
+    assert left_lane(client, lane) == 1  # no reply: the Python path finds out why
     assert "exit status 3" in r.json()["errorMessage"]
     again = invoke(client, "fp-dies")
     assert again.status_code == 200 and "x-fastfaas-function-error" not in again.headers
@@ -134,8 +155,10 @@ def test_a_warm_instance_that_dies_answers_crashed_and_the_next_call_works(
 
 def test_a_warm_call_that_raises_is_unhandled(client: httpx.Client) -> None:
     deploy(client, "fp-raises")
+    lane = lane_calls(client)
     r = invoke(client, "fp-raises", {"do": "raise"})
     assert r.status_code == 200 and r.headers["x-fastfaas-function-error"] == "Unhandled"
+    assert left_lane(client, lane) == 1
     assert r.json()["errorType"] == "ValueError"
     assert r.json()["errorMessage"] == "asked to raise"
 
@@ -143,8 +166,10 @@ def test_a_warm_call_that_raises_is_unhandled(client: httpx.Client) -> None:
 def test_a_warm_call_past_its_timeout_is_a_timeout(client: httpx.Client) -> None:
     deploy(client, "fp-slow", timeout_s=1)
     t0 = time.monotonic()
+    lane = lane_calls(client)
     r = invoke(client, "fp-slow", {"do": "sleep", "s": 30})
     assert r.status_code == 200 and r.headers["x-fastfaas-function-error"] == "Timeout"
+    assert left_lane(client, lane) == 1
     assert time.monotonic() - t0 < 10
     assert invoke(client, "fp-slow").status_code == 200
 
@@ -152,8 +177,10 @@ def test_a_warm_call_past_its_timeout_is_a_timeout(client: httpx.Client) -> None
 @pytest.mark.cgroups
 def test_processes_a_warm_call_leaves_behind_are_killed(client: httpx.Client) -> None:
     deploy(client, "fp-leaves")
+    lane = lane_calls(client)
     r = invoke(client, "fp-leaves", {"do": "leave"})
     assert r.status_code == 200 and r.headers["x-fastfaas-start"] == "warm", r.text
+    assert left_lane(client, lane) == 1  # its cgroup has more than one task: killed first
     pid = r.json()["pid"]
     deadline = time.monotonic() + WAIT_S
     while True:  # killed before the answer; reaped by the instance's subreaper soon after
@@ -172,8 +199,10 @@ def test_processes_a_warm_call_leaves_behind_are_killed(client: httpx.Client) ->
 @pytest.mark.cgroups
 def test_a_warm_call_out_of_memory_is_run_again_larger(client: httpx.Client) -> None:
     deploy(client, "fp-oom", memory_mb=128, escalate_on_oom=True)
+    lane = lane_calls(client)
     r = invoke(client, "fp-oom", {"do": "alloc", "mb": 180})
     assert r.status_code == 200, r.text
+    assert left_lane(client, lane) == 1
     assert r.headers.get("x-fastfaas-escalated") == "256", r.headers
     assert "x-fastfaas-function-error" not in r.headers
     assert r.json() == 180 * 1024 * 1024

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,7 @@ import trio
 import trio.testing
 
 from fastfaas.http.protocol import Request
-from fastfaas.http.server import Fast, HttpServer, Limits, Pending, Response
+from fastfaas.http.server import RECEIVE_BYTES, Fast, HttpServer, Limits, Pending, Response, Take
 
 # Every test is bounded: a server that never answers fails here, not at pytest's timeout.
 BOUND_S = 5.0
@@ -101,10 +102,10 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def running(app: Callable[[Request], Awaitable[Response]] = echo,
-                  limits: Limits | None = None,
-                  fast: Fast | None = None) -> AsyncIterator[tuple[HttpServer, int]]:
+                  limits: Limits | None = None, fast: Fast | None = None,
+                  take: Take | None = None) -> AsyncIterator[tuple[HttpServer, int]]:
     """A server on an ephemeral loopback port; closed (and waited for) on exit."""
-    server = HttpServer(app, lambda method, path: 1 << 20, limits, fast)
+    server = HttpServer(app, lambda method, path: 1 << 20, limits, fast, take)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     with trio.fail_after(BOUND_S):
@@ -384,7 +385,9 @@ class Waiting:
     """A Pending over a socketpair: the test answers it by writing to `peer`.
 
     `step()` reads what has arrived: nothing (None: wait again), b"r" (the
-    Response), b"a" (the rest runs in a task, as after an instance crash).
+    Response), b"b" (the response's bytes, encoded for keep-alive, as the
+    compiled lane gives them), b"a" (the rest runs in a task, as after an
+    instance crash).
     """
 
     def __init__(self, path: str) -> None:
@@ -398,7 +401,7 @@ class Waiting:
         self.done = trio.Event()
         self.abandoned = False
 
-    def step(self) -> Response | Callable[[], Awaitable[Response]] | None:
+    def step(self) -> bytes | Response | Callable[[], Awaitable[Response]] | None:
         self.steps += 1
         try:
             got = self.own.recv(1)
@@ -407,6 +410,9 @@ class Waiting:
         self.done.set()
         if got == b"a":
             return self._rest
+        if got == b"b":
+            body = b"encoded " + self.path.encode()
+            return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
         return Response(200, b"fast " + self.path.encode())
 
     async def _rest(self) -> Response:
@@ -427,6 +433,7 @@ class FastPaths:
     def __init__(self) -> None:
         self.waiting: dict[str, Waiting] = {}
         self.started = trio.Event()
+        self.takes = 0
 
     def __call__(self, request: Request) -> Response | Pending | None:
         if request.path.startswith("/sync"):
@@ -438,6 +445,21 @@ class FastPaths:
             self.started.set()
             return pending
         return None
+
+    def take(self, fd: int, max_head: int) -> bytes | Response | Pending:
+        """The server's `take`: a connection's bytes that are exactly one GET of
+        /take-sync... or /take-wait... are answered without a Request."""
+        data = os.read(fd, RECEIVE_BYTES)
+        self.takes += 1
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep or rest or not head.startswith(b"GET /take-"):
+            return data
+        path = head.split(b" ")[1].decode()
+        if path.startswith("/take-sync"):
+            return Response(200, b"taken " + path.encode())
+        pending = self.waiting[path] = Waiting(path)
+        self.started.set()
+        return pending
 
     async def started_for(self, path: str) -> Waiting:
         while path not in self.waiting:
@@ -451,11 +473,12 @@ class FastPaths:
 
 
 @contextlib.asynccontextmanager
-async def fast_server(app: Callable[[Request], Awaitable[Response]] = echo,
+async def fast_server(app: Callable[[Request], Awaitable[Response]] = echo, take: bool = False,
                       ) -> AsyncIterator[tuple[HttpServer, int, FastPaths]]:
     paths = FastPaths()
     try:
-        async with running(app, fast=paths) as (server, port):
+        async with running(app, fast=paths, take=paths.take if take else None) as (server,
+                                                                                  port):
             yield server, port, paths
     finally:
         paths.close()
@@ -665,3 +688,55 @@ async def test_idle_keep_alive_connections_hold_no_task() -> None:
         finally:
             for client in clients:
                 await client.aclose()
+
+
+# --- take: a whole request answered without a Request (the compiled lane's way) ---------
+
+
+async def test_a_taken_request_is_answered_and_the_connection_goes_on() -> None:
+    async with (fast_server(take=True) as (server, port, paths),
+                await Client.connect(port) as client):
+        assert (await client.request(get("/take-sync1"))).body == b"taken /take-sync1"
+        assert (await client.request(get("/app"))).body == b"GET /app "  # not taken: parsed
+        await client.send(get("/take-wait1"))
+        pending = await paths.started_for("/take-wait1")
+        pending.peer.send(b"b")
+        served = await client.response()
+        assert (served.body, served.keep_alive) == (b"encoded /take-wait1", True)
+        assert (await client.request(get("/sync"))).body == b"sync /sync"
+        assert (server.requests, server.fast_requests, server.in_flight) == (4, 3, 0)
+        assert paths.takes == 4
+
+
+async def test_bytes_take_does_not_answer_go_to_the_parser_whole() -> None:
+    async with (fast_server(take=True) as (server, port, paths),
+                await Client.connect(port) as client):
+        # Two requests in one read: not one whole request, so take hands both back.
+        await client.send(get("/take-sync2") + get("/sync3"))
+        assert (await client.response()).body == b"GET /take-sync2 "  # the App's, in order
+        assert (await client.response()).body == b"sync /sync3"
+        assert paths.takes >= 1 and server.in_flight == 0
+
+
+async def test_encoded_bytes_to_a_connection_that_closes_say_so() -> None:
+    async with (fast_server(take=True) as (server, port, paths),
+                await Client.connect(port) as client):
+        await client.send(get("/wait-b", b"Connection: close\r\n"))
+        (await paths.started_for("/wait-b")).peer.send(b"b")
+        served = await client.response()
+        assert served.body == b"encoded /wait-b"
+        assert served.headers[b"connection"] == b"close" and not served.keep_alive
+        await client.wait_closed()
+        assert server.connections == 0
+
+
+async def test_encoded_bytes_while_the_server_closes_say_so() -> None:
+    async with (fast_server(take=True) as (server, port, paths),
+                await Client.connect(port) as client):
+        await client.send(get("/take-wait-x"))
+        pending = await paths.started_for("/take-wait-x")
+        server.close()
+        pending.peer.send(b"b")
+        served = await client.response()
+        assert (served.body, served.keep_alive) == (b"encoded /take-wait-x", False)
+        await client.wait_closed()

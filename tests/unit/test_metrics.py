@@ -151,9 +151,12 @@ def test_empty_render_is_valid_and_has_every_family() -> None:
         "fastfaas_capacity_events_total": "counter",
         "fastfaas_sizing_events_total": "counter",
         "fastfaas_nowait_calls_total": "counter",
+        "fastfaas_lane_calls_total": "counter",
     }
     assert value(families, "fastfaas_async_queued") == 0
     assert value(families, "fastfaas_nowait_calls_total") == 0
+    assert value(families, "fastfaas_lane_calls_total", end="finished") == 0
+    assert value(families, "fastfaas_lane_calls_total", end="left") == 0
     assert value(families, "fastfaas_sizing_events_total", event="size_changes") == 0
     assert value(families, "fastfaas_sizing_events_total", event="escalations") == 2
     assert value(families, "fastfaas_capacity_events_total", event="evicted_instances") == 0
