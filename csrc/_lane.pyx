@@ -195,13 +195,19 @@ cdef class WarmLane:
         parse: `_native.parse_request`, and its limits `max_headers` and
             `fast_body_max` (the HTTP protocol's).
         receive_bytes: the most a connection's read takes (the HTTP server's).
-        max_payload, inline_max, log_tail: wire's limits.
+        call_begin, call_end, peak_reset: `_native`'s, and `cgroups.PEAK_RESET`:
+            what `Cgroups.begin` and `end` call.
+        uuid4_at, urandom: `_native.uuid4_at` and `os.urandom`: request ids.
+        max_payload, inline_max: wire's limits.
         kind_warm: the instance table's kind of a warm (not spare) instance.
     """
 
     cdef object api, rt, limits, table, metrics, fast_invoke, decode_result
-    cdef object validate_json, compare, stats, expected_auth, ids, counters, parse
-    cdef Py_ssize_t max_payload, inline_max, log_tail, max_body, max_headers, fast_body_max
+    cdef object validate_json, compare, stats, expected_auth, counters, parse
+    cdef object call_begin, call_end, peak_reset, uuid4_at, urandom
+    cdef bytes pool
+    cdef Py_ssize_t pos
+    cdef Py_ssize_t max_payload, inline_max, max_body, max_headers, fast_body_max
     cdef int kind_warm
     cdef char *buf
     cdef Py_ssize_t cap
@@ -213,15 +219,17 @@ cdef class WarmLane:
         self.inbuf = NULL
 
     def __init__(self, api, *, fast_invoke, decode_result, validate_json, compare,
-                 stats, parse, Py_ssize_t max_payload, Py_ssize_t inline_max,
-                 Py_ssize_t log_tail, int kind_warm, Py_ssize_t receive_bytes,
+                 stats, parse, call_begin, call_end, peak_reset, uuid4_at, urandom,
+                 Py_ssize_t max_payload, Py_ssize_t inline_max,
+                 int kind_warm, Py_ssize_t receive_bytes,
                  Py_ssize_t max_headers, Py_ssize_t fast_body_max):
         self.api = api
         self.rt = api.runtime
         self.limits = self.rt.limits
         self.table = self.rt.table
         self.metrics = api.metrics
-        self.ids = self.rt._request_ids
+        self.pool = b""
+        self.pos = 0
         self.counters = self.rt.counters
         self.expected_auth = api._expected_auth
         self.fast_invoke = fast_invoke
@@ -231,9 +239,13 @@ cdef class WarmLane:
         self.stats = stats
         self.max_payload = max_payload
         self.inline_max = inline_max
-        self.log_tail = log_tail
         self.kind_warm = kind_warm
         self.parse = parse
+        self.call_begin = call_begin
+        self.call_end = call_end
+        self.peak_reset = peak_reset
+        self.uuid4_at = uuid4_at
+        self.urandom = urandom
         self.max_body = api.max_body  # NativeApi.body_limit of POST /v1/functions/...
         self.max_headers = max_headers
         self.fast_body_max = fast_body_max
@@ -291,6 +303,14 @@ cdef class WarmLane:
             return self.api._bug(exc)
         return data if call is None else call
 
+    cdef str _request_id(self):
+        """RequestIds.next: a UUID4 from a pool of random bytes read 4 KB at a time."""
+        if self.pos + 16 > PyBytes_GET_SIZE(self.pool):
+            self.pool = self.urandom(4096)
+            self.pos = 0
+        self.pos += 16
+        return self.uuid4_at(self.pool, self.pos - 16)
+
     cdef object _route(self, method, str path, headers):
         """The function's name for a synchronous invocation of it (RequestResponse,
         no route key, the token if one is set); None for anything else."""
@@ -343,11 +363,12 @@ cdef class WarmLane:
                     fv, inst, "warm" if warm else "prewarmed", payload), name, t0)
             now = rt._now()
             fv.freq.note_call(now, fv.in_flight)
-            request_id = self.ids.next()
+            request_id = self._request_id()
             timeout = fv.config.timeout_s
             data = encode_invoke(request_id, payload, _mono_ns() / 1e9 + timeout)
             cg = inst.cgroup
-            cpu_base = rt.cgroups.begin(cg) if cg is not None else 0
+            cpu_base = 0 if cg is None else self.call_begin(  # Cgroups.begin
+                cg.peak_fd, self.peak_reset[cg.oom_version], cg.cpu_fd, cg.cpu_version)
             self.counters["warm"] += 1  # _count_start, for a warm instance
             if ff_lane_send(chan.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0:
                 # Dead, or its buffer full: invoke's own path sends it (or retries).
@@ -430,25 +451,22 @@ cdef class LaneCall:
             return self._leave((data, []))
         rt = lane.rt
         cg = inst.cgroup
-        if cg is not None:
-            peak, cpu_ns, tasks, held_ns = rt.cgroups.end(cg, self.cpu_base)
-            if tasks > 1:  # leftovers: the Python path kills them (and reads again)
-                return self._leave((data, []))
+        if cg is not None:  # Cgroups.end
+            peak, cpu_ns, tasks = lane.call_end(cg.peak_fd, cg.cpu_fd, cg.cpu_version,
+                                                cg.pids_fd, self.cpu_base)
+            held_ns = rt.cgroups.held(cg, cpu_ns) if cg.quota_ns and cpu_ns >= cg.quota_ns else 0
+            if tasks > 1:  # leftovers: the Python path kills them
+                return self._leave((data, []), (peak, cpu_ns, tasks, held_ns))
         else:
             peak, cpu_ns, held_ns = result.max_rss_kb * 1024, result.cpu_ns, 0
         self.entry.finish()
-        # _answered, for a warm call's plain success
-        rt._set_idle(inst, spare=False)
-        fv.quick = result.duration_ns < rt.spin_ns
-        fv.quick_measured = True
-        duration_us = result.duration_ns // 1000
         name = self.name
         try:
-            rt._call_done(fv, False)
-            rt._logged(fv, "warm", self.request_id, duration_us, peak, cpu_ns // 1000,
-                       held_ns // 1000, result.log_tail[-lane.log_tail:])
+            rt._warm_success(fv, inst, self.request_id, result.duration_ns, peak, cpu_ns,
+                             held_ns, result.log_tail)
         finally:
             lane.limits.release(name)
+        duration_us = result.duration_ns // 1000
         lane.counters["lane_finished"] += 1
         # NativeApi._invoke_response
         server_ns = _mono_ns() - self.t0
@@ -476,8 +494,8 @@ cdef class LaneCall:
             lane.counters["lane_left"] += 1
         return self.left_to
 
-    cdef object _leave(self, got):
-        return self._left().settle(got)
+    cdef object _leave(self, got, ended=None):
+        return self._left().settle(got, ended)
 
     def abandon(self):
         """Its connection went: the call runs to its end in the runtime, as any."""

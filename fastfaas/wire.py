@@ -274,7 +274,11 @@ class BlockingChannel:
         return self.sock.fileno()
 
     def send(self, msg: msgspec.Struct, fds: list[int] | None = None) -> None:
-        data, out_fds, memfd = outgoing(encoder.encode(msg), fds or [])
+        data = encoder.encode(msg)
+        if not fds and len(data) <= INLINE_MAX:  # an instance's Result, most often
+            self.sock.send(data)
+            return
+        data, out_fds, memfd = outgoing(data, fds or [])
         try:
             self.sock.sendmsg([data], ancillary(out_fds))
         finally:
@@ -288,6 +292,8 @@ class BlockingChannel:
             n, anc, flags, _ = self.sock.recvmsg_into([self._view], _CMSG_SPACE, RECV_FLAGS)
         except ConnectionResetError:
             return None
+        if not anc and n > 1 and not flags & _TRUNCATED:
+            return bytes(self._view[:n]), []  # an instance's Invoke, most often
         fds = parse_fds(anc)
         if n == 0 and not fds:
             return None

@@ -983,11 +983,19 @@ class Runtime:
             self._auto_size(fv)
         return result
 
-    def _logged(self, fv: FunctionVersion, start: str, request_id: str, duration_us: int,
-                peak: int, cpu_us: int, held_us: int, log_tail: bytes) -> None:
-        """`_done` for a success given in parts (the compiled lane's: no result object)."""
-        self._log_parts(fv, start, request_id, duration_us, peak, cpu_us, held_us, None,
-                        log_tail, 0)
+    def _warm_success(self, fv: FunctionVersion, inst: InstanceHandle, request_id: str,
+                      duration_ns: int, peak: int, cpu_ns: int, held_ns: int,
+                      log_tail: bytes) -> None:
+        """The compiled lane's (fastfaas._lane) end of a warm call's plain success,
+        given in parts: what `_answered` (the instance idle again), `_call_done` and
+        `_done` do for it. Its caller has checked what they would branch on: not
+        retired, not dead, not one-off, no waiters, no leftovers."""
+        self._set_idle(inst, spare=False)
+        fv.quick = duration_ns < self.spin_ns
+        fv.quick_measured = True
+        self._call_done(fv, False)
+        self._log_parts(fv, "warm", request_id, duration_ns // 1000, peak, cpu_ns // 1000,
+                        held_ns // 1000, None, log_tail[-wire.LOG_TAIL:], 0)
         if fv.config.auto_size and fv.auto_count >= self.auto_size_after:
             self._auto_size(fv)
 

@@ -196,7 +196,8 @@ def serve(
                 if got is None:
                     break
                 data, fds = got
-                wire.close_all(fds)
+                if fds:
+                    wire.close_all(fds)
             msg = wire.instance_in.decode(data)
             if isinstance(msg, Warmup):
                 # The invocation path once, with a no-op: faults in the pages it touches.
@@ -269,20 +270,19 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
             log_tail=_take_log_tail(),
             request_id=msg.request_id,
         )
-    too_large = len(payload) > wire.MAX_PAYLOAD
-    if too_large:
-        size = len(payload)
-        payload = b""
-        message = (
-            f"Response payload size ({size} bytes) exceeded maximum allowed "
-            f"payload size ({wire.MAX_PAYLOAD} bytes)."
-        )
+    if len(payload) <= wire.MAX_PAYLOAD:
+        if not info.self_usage:  # the common success, in cgroups: positional, no calls
+            return Result(True, payload, "", "", False, duration, 0, 0, _take_log_tail(),
+                          msg.request_id)
+        return Result(True, payload, duration_ns=duration, cpu_ns=_cpu_since(cpu0, info),
+                      max_rss_kb=_max_rss_kb(info), log_tail=_take_log_tail(),
+                      request_id=msg.request_id)
     return Result(
-        ok=not too_large,
-        payload=payload,
-        too_large=too_large,
-        error_type="ResultTooLarge" if too_large else "",
-        error_message=message if too_large else "",
+        ok=False,
+        too_large=True,
+        error_type="ResultTooLarge",
+        error_message=(f"Response payload size ({len(payload)} bytes) exceeded maximum"
+                       f" allowed payload size ({wire.MAX_PAYLOAD} bytes)."),
         duration_ns=duration,
         cpu_ns=_cpu_since(cpu0, info),
         max_rss_kb=_max_rss_kb(info),
