@@ -771,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", metavar="LIST",
                         help="fastfaas serve --server-cpus LIST: the server on these CPUs,"
                              " its functions on the others (uvicorn runs anywhere)")
+    parser.add_argument("--function-sched", choices=("normal", "batch"),
+                        help="fastfaas serve --function-sched: the function processes'"
+                             " scheduling policy (default: the server's default, normal)")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     overrides = {k: v for k, v in (("rounds", args.rounds), ("duration_s", args.duration),
@@ -785,7 +788,11 @@ def main(argv: list[str] | None = None) -> int:
         check_prerequisites(names)
         machine = machine_info()
         with tempfile.TemporaryDirectory(prefix="fastfaas-http-bench-") as tmp:
-            fastfaas_args = ("--server-cpus", args.server_cpus) if args.server_cpus else ()
+            fastfaas_args: tuple[str, ...] = ()
+            if args.server_cpus:
+                fastfaas_args += ("--server-cpus", args.server_cpus)
+            if args.function_sched:
+                fastfaas_args += ("--function-sched", args.function_sched)
             measured = run(params, names, Path(tmp), fastfaas_args)
     except BenchError as exc:
         print(f"http_warm: {exc}", file=sys.stderr)
@@ -805,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
             "handler": "bench/functions/ok/app.py: handler(event, context) -> {'ok': True}",
             "request": "POST, Content-Type: application/json, body {}",
             "fastfaas_server_cpus": args.server_cpus,
+            "fastfaas_function_sched": args.function_sched or "normal",
             "fastfaas": f"python -m fastfaas serve; PUT /v1/functions/{FUNCTION} (zip of "
                         "app.py, handler=app.handler); POST .../invoke",
             "uvicorn": "raw ASGI app bench/baselines/asgi_ok.py calling the same handler "

@@ -54,6 +54,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     pip_args: Sequence[str] = ()
     limits: Limits = Limits()
     function_cpus: frozenset[int] | None = None  # (the CLI's --server-cpus: the rest)
+    function_sched: str = "normal"  # Runtime(function_sched=...)
 
 
 def is_loopback(host: str) -> bool:
@@ -134,7 +135,8 @@ async def _serve(opts: ServeOptions, data_dir: Path, listeners: list[trio.Socket
                            sandbox_gid=opts.sandbox_uid,
                            sandbox_expose=opts.sandbox_expose,
                            allow_weaker_isolation=opts.allow_weaker_isolation,
-                           function_cpus=opts.function_cpus) as rt, \
+                           function_cpus=opts.function_cpus,
+                           function_sched=opts.function_sched) as rt, \
                 trio.open_nursery() as nursery:
             # Starting (restoring, deploying examples with pip) stops at a signal too.
             with trio.CancelScope() as starting:

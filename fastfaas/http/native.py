@@ -447,6 +447,7 @@ class NativeApi:
             "isolation": stats["isolation"],
             "cpus": {"server": sorted(os.sched_getaffinity(0)),
                      "functions": stats["function_cpus"]},  # None: anywhere
+            "function_sched": stats["function_sched"],
             "functions": len(stats["functions"]),
             "zygotes": stats["zygotes"],
             "warming_pool": stats["warming_pool"]["ready"],

@@ -250,10 +250,11 @@ class Template:
     """The template zygote process and its control socket."""
 
     def __init__(self, python: str = sys.executable, cwd: str = "/",
-                 cpus: frozenset[int] | None = None) -> None:
+                 cpus: frozenset[int] | None = None, batch: bool = False) -> None:
         self.python = python
         self.cwd = cwd
         self.cpus = cpus  # where it, and so every zygote and instance, may run
+        self.batch = batch  # SCHED_BATCH for it, and so for every zygote and instance
         self.proc: subprocess.Popen[bytes] | None = None
         self.chan: AsyncChannel | None = None
         self._liveness_w = -1
@@ -282,14 +283,16 @@ class Template:
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            if self.cpus is not None:
-                # Before the server asks it for a fork: every process after inherits it.
-                try:
+            # Before the server asks it for a fork: every process after inherits these.
+            try:
+                if self.cpus is not None:
                     os.sched_setaffinity(self.proc.pid, self.cpus)
-                except OSError:
-                    self.proc.kill()
-                    self.proc.wait()
-                    raise
+                if self.batch:
+                    os.sched_setscheduler(self.proc.pid, os.SCHED_BATCH, os.sched_param(0))
+            except OSError:
+                self.proc.kill()
+                self.proc.wait()
+                raise
         except BaseException:
             server_end.close()
             os.close(live_w)

@@ -1,4 +1,5 @@
-"""Where processes run: `Runtime(function_cpus=...)` and `fastfaas serve --server-cpus`."""
+"""Where and how processes run: `Runtime(function_cpus=...)`, `fastfaas serve
+--server-cpus`, and the function processes' scheduling policy (`function_sched`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ needs_two = pytest.mark.skipif(len(USABLE) < 2, reason="needs two CPUs to split"
 PID = """
 import os
 def handler(event, context):
-    return {"pid": os.getpid()}
+    return {"pid": os.getpid(), "policy": os.sched_getscheduler(0)}
 """
 
 
@@ -79,6 +80,8 @@ def test_serve_keeps_itself_and_its_functions_apart(
         assert cpus_of(r.json()["pid"]) == rest
         health = c.get("/healthz").json()
     assert health["cpus"] == {"server": [first], "functions": sorted(rest)}
+    assert health["function_sched"] == "normal"  # the default
+    assert r.json()["policy"] == os.SCHED_OTHER
     # The server's threads (trio's worker threads among them) stay on its CPU.
     for tid in os.listdir(f"/proc/{server.pid}/task"):
         assert cpus_of(int(tid)) == {first}
@@ -96,3 +99,28 @@ def test_serve_refuses_a_cpu_list_that_cannot_be(tmp_path: Path, cpus: str) -> N
     assert "--server-cpus" in proc.stderr
     assert "listening" not in proc.stdout
     assert not data_dir.exists()
+
+
+@pytest.mark.parametrize(("sched", "policy"), [("batch", os.SCHED_BATCH),
+                                               ("normal", os.SCHED_OTHER)])
+async def test_function_processes_run_under_the_policy_given(
+    tmp_path: Path, cgroups_mode: str, make_function: Callable[..., Path], sched: str,
+    policy: int,
+) -> None:
+    mine = os.sched_getscheduler(0)
+    async with fastfaas.Runtime(data_dir=tmp_path / "data", cgroups=cgroups_mode,
+                                function_sched=sched) as rt:
+        await rt.deploy("how", source=make_function(app=PID), handler="app.handler")
+        first = await rt.invoke("how")
+        assert first.ok, first
+        assert first.value()["policy"] == policy  # as the instance sees itself
+        assert os.sched_getscheduler(first.value()["pid"]) == policy
+        assert os.sched_getscheduler(rt.describe("how")["state"]["zygote"]["pid"]) == policy
+        assert os.sched_getscheduler(rt.template.pid) == policy
+        assert rt.statistics()["function_sched"] == sched
+    assert os.sched_getscheduler(0) == mine  # the embedding process keeps its own
+
+
+def test_an_unknown_policy_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="function_sched must be one of normal, batch"):
+        fastfaas.Runtime(data_dir=tmp_path / "data", function_sched="fifo")
