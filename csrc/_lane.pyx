@@ -1,23 +1,24 @@
 # cython: language_level=3
 """fastfaas._lane: the warm invocation over HTTP, compiled.
 
-`WarmLane.start` is the HTTP server's fast path (`HttpServer(fast=...)`) for
-`POST /v1/functions/{name}/invoke`: it takes an idle warm instance, encodes
-the Invoke and sends it; `LaneCall.step` receives the Result and answers
-with the Response, the instance idle again. This is what `NativeApi`,
-`Runtime.invoke_nowait`, `_hand_over`, `FastCall.step`, `_finish_now`,
-`_answered` and `_invoke_response` do for such a call, with the frames,
-objects and lookups between them gone: the server's CPU per warm call was
-mostly the interpreter running those layers.
+`WarmLane.take` and `WarmLane.start` are the HTTP server's fast path
+(`HttpServer(take=..., fast=...)`) for `POST /v1/functions/{name}/invoke`:
+they take an idle warm instance, encode the Invoke and send it;
+`LaneCall.step` receives the Result and answers with the response's bytes,
+the instance idle again. It does what `Runtime.invoke_nowait` (with
+`_hand_over`), `FastCall.step` (with `_finish_now` and `_answered`) and
+`NativeApi._invoke_response` do for such a call, with the frames, objects
+and lookups between them gone: the server's CPU per warm call was mostly
+the interpreter running those layers.
 
 Only the plain success is finished here. Anything else leaves the lane for
 the Python path, at the point it is met, with nothing done twice: a spare
 instance, a send that cannot go at once, a reply with descriptors or none, a
-timeout, an error result, leftover processes, a throttled cgroup, a retired
-function or a one-off instance: `Runtime.FastCall` and the native API's
-`_FastInvoke` take the call over from there. The policy objects (concurrency
-limits, frequency, deadlines, logs, metrics) are the runtime's own, called
-as they are on the Python path.
+timeout, an error result, leftover processes, a retired function or a
+one-off instance: `Runtime.FastCall` and the native API's `_FastInvoke` take
+the call over from there. The policy objects (concurrency limits,
+frequency, deadlines, the instance table, logs, metrics) are the runtime's
+own, called as on the Python path (`Runtime._warm_success` at the end).
 """
 
 from libc.errno cimport errno
@@ -25,8 +26,6 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-
-import errno as _errno
 
 
 cdef extern from "ff_lane.h":

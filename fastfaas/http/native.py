@@ -43,7 +43,7 @@ from fastfaas.http.lambda_api import LambdaApi
 from fastfaas.http.lambda_api import error_response as lambda_error
 from fastfaas.http.metrics import Metrics
 from fastfaas.http.protocol import FAST_BODY_MAX, MAX_HEADERS, Request
-from fastfaas.http.server import JSON, RECEIVE_BYTES, Pending, Response, error_response
+from fastfaas.http.server import JSON, RECEIVE_BYTES, Response, error_response
 from fastfaas.runtime import code as code_bundles
 from fastfaas.runtime import sizing
 from fastfaas.runtime.cgroups import PEAK_RESET
@@ -212,35 +212,6 @@ class NativeApi:
             self.metrics.record(name, "none", exc.code, (time.perf_counter_ns() - t0) / 1e9)
             raise
         return self._invoke_response(name, result, t0)
-
-    def fast(self, req: Request) -> Response | Pending | None:
-        """The HTTP server's fast path: a synchronous invocation (RequestResponse,
-        no route key) that an idle instance can take at once, answered without a
-        task. None: `__call__` answers it, with every check and error as ever.
-
-        The compiled lane (`fastfaas._lane.WarmLane.start`, bound in `__init__`)
-        does it; this is its Python form, which the tests hold it to
-        (`Runtime.invoke_nowait`)."""
-        path = req.path
-        if (req.method != b"POST" or not path.startswith("/v1/functions/")
-                or not path.endswith("/invoke")):
-            return None
-        headers = req.headers
-        if self._expected_auth is not None and not hmac.compare_digest(
-                headers.get(b"authorization", b""), self._expected_auth):
-            return None
-        if (headers.get(b"x-fastfaas-invocation-type", b"RequestResponse") != b"RequestResponse"
-                or b"x-fastfaas-route-key" in headers):
-            return None
-        parts = path.split("/")
-        if len(parts) != 5:
-            return None
-        t0 = time.perf_counter_ns()
-        try:
-            call = self.runtime.invoke_nowait(parts[3], req.body or b"{}")
-        except Exception as exc:  # a bug of ours (or a cgroup file that failed): a 500
-            return self._bug(exc)
-        return None if call is None else _FastInvoke(self, call, parts[3], t0)
 
     def _bug(self, exc: Exception) -> Response:
         traceback.print_exc()

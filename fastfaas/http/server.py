@@ -170,7 +170,7 @@ class HttpServer:
         limits: timeouts and sizes.
         fast: answers a request without a task when it can (see `Fast`).
         take: reads a connection and answers a whole request in it without a
-            Request object when it can (see `Take`); `fast`'s form in C.
+            Request object when it can (see `Take`).
     """
 
     def __init__(self, app: App, body_limit: BodyLimit, limits: Limits | None = None,
@@ -405,6 +405,7 @@ class HttpServer:
                         got = take(conn.fd, limits.max_header_bytes)
                         if not isinstance(got, bytes):  # a request, taken: as below
                             parser.took_whole()
+                            conn.seen = parser.requests_begun  # whole: no header deadline
                             conn.idle = False
                             conn.deadline = math.inf
                             self._in_flight += 1
