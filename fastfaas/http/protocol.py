@@ -175,6 +175,11 @@ class ServerConnection:
         self.requests_begun += 1
         self.headers_done = True
 
+    def quiet(self) -> bool:
+        """Nothing to answer or send and nothing begun: the connection is between
+        requests, and usable."""
+        return not (self._ready or self.in_request or self.closed or self._to_send)
+
     def next_request(self) -> Request | None:
         """The next complete request, in order, or None."""
         return self._ready.popleft() if self._ready else None

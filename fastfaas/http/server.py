@@ -364,9 +364,16 @@ class HttpServer:
         pump has it (it `waits`), or a task has it. `drained`: the socket's
         bytes were read before a response went out: unless the connection was
         `stirred` since, nothing is there, and no read is tried."""
+        parser = conn.parser
+        if (drained and not (conn.stirred or conn.hung_up or self.closing)
+                and conn.error is None and parser.quiet() and parser.requests_begun == conn.seen):
+            # A response went out and nothing else is there: the loop below, in brief.
+            conn.idle = True
+            conn.deadline = conn.idle_deadline
+            conn.waits = True
+            return
         limits = self.limits
         sock = conn.sock
-        parser = conn.parser
         while True:
             request = parser.next_request()
             if request is None:
