@@ -64,11 +64,12 @@ def invocation_counts(api: Api) -> dict[tuple[str, str, str], int]:
 
 
 LOG = Path("/tmp/fastfaas-capacity-server.log")
+SERVER_ARGS: list[str] = []  # more `fastfaas serve` options (--server-arg)
 
 
 def zipf_scenario(quick: bool, memory_mb: int = 1769) -> dict[str, Any]:
     functions, rate, duration, warmup = (40, 300, 10, 5) if quick else (200, 1000, 60, 20)
-    with fastfaas_server(log=LOG) as server:
+    with fastfaas_server(*SERVER_ARGS, log=LOG) as server:
         api = Api(server.url)
         names = [f"z-{i:03d}" for i in range(functions)]
         env = function_env("sleep", 1, 0)
@@ -114,7 +115,7 @@ def zipf_scenario(quick: bool, memory_mb: int = 1769) -> dict[str, Any]:
 
 def rising_scenario(quick: bool) -> dict[str, Any]:
     start, end, duration = (20, 200, 10) if quick else (20, 400, 30)
-    with fastfaas_server() as server:
+    with fastfaas_server(*SERVER_ARGS) as server:
         api = Api(server.url)
         api.deploy("rise", memory_mb=128, env=function_env("sleep", 50, 0))
         api.warm("rise")
@@ -174,7 +175,7 @@ async def _burst(server_host: str, port: int, n: int) -> dict[str, Any]:
 def burst_scenario(quick: bool) -> dict[str, Any]:
     n = 50 if quick else 200
     rounds = []
-    with fastfaas_server() as server:
+    with fastfaas_server(*SERVER_ARGS) as server:
         api = Api(server.url)
         api.deploy("burst", memory_mb=128, env=function_env("sleep", 100, 0),
                    idle_timeout_s=1)
@@ -229,10 +230,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller, shorter; smoke only")
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more `fastfaas serve` option for every scenario's server,"
+                             " repeatable (e.g. --server-arg=--function-sched=batch)")
     args = parser.parse_args()
+    SERVER_ARGS.extend(args.server_arg)
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": report.git_commit(ROOT), "machine": report.machine(), "quick": args.quick,
+        "server_args": SERVER_ARGS,
     }
     for name in args.only.split(","):
         print(f"== {name}", file=sys.stderr, flush=True)
