@@ -68,66 +68,52 @@ cdef inline void _put_be64(char *p, double x) noexcept:
         p[i] = <char>raw[7 - i]
 
 
+cdef inline Py_ssize_t _head_size(Py_ssize_t n, bint fix) noexcept:
+    """The size of a msgpack str (`fix`: with its one-byte form) or bin header."""
+    if fix and n < 32:
+        return 1
+    if n < 256:
+        return 2
+    if n < 65536:
+        return 3
+    return 5
+
+
+cdef inline char *_put_head(char *p, Py_ssize_t size, Py_ssize_t n, int fix, int t8,
+                            int t16, int t32) noexcept:
+    """Write a header of `size` (_head_size) for length `n`: the one-byte form
+    `fix | n`, or the tag t8, t16 or t32 and the length, big-endian."""
+    if size == 1:
+        p[0] = <char>(fix | n)
+    elif size == 2:
+        p[0] = <char>t8
+        p[1] = <char>n
+    elif size == 3:
+        p[0] = <char>t16
+        p[1] = <char>(n >> 8)
+        p[2] = <char>n
+    else:
+        p[0] = <char>t32
+        p[1] = <char>(n >> 24)
+        p[2] = <char>(n >> 16)
+        p[3] = <char>(n >> 8)
+        p[4] = <char>n
+    return p + size
+
+
 cpdef bytes encode_invoke(str request_id, bytes payload, double deadline):
     """wire.Invoke(request_id, payload, deadline) as wire.encoder encodes it: a
     msgpack array [tag, str, bin, float64], built in one allocation."""
     cdef bytes rid = request_id.encode("utf-8")
     cdef Py_ssize_t nr = PyBytes_GET_SIZE(rid), np = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t rh, ph, size
-    cdef bytes out
-    cdef char *p
-    if nr < 32:
-        rh = 1
-    elif nr < 256:
-        rh = 2
-    elif nr < 65536:
-        rh = 3
-    else:
-        rh = 5
-    if np < 256:
-        ph = 2
-    elif np < 65536:
-        ph = 3
-    else:
-        ph = 5
-    size = 1 + 7 + rh + nr + ph + np + 9
-    out = PyBytes_FromStringAndSize(NULL, size)
-    p = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t rh = _head_size(nr, True), ph = _head_size(np, False)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 1 + 7 + rh + nr + ph + np + 9)
+    cdef char *p = PyBytes_AS_STRING(out)
     p[0] = <char>0x94
     memcpy(p + 1, b"\xa6Invoke", 7)
-    p += 8
-    if rh == 1:
-        p[0] = <char>(0xa0 | nr)
-    elif rh == 2:
-        p[0] = <char>0xd9
-        p[1] = <char>nr
-    elif rh == 3:
-        p[0] = <char>0xda
-        p[1] = <char>(nr >> 8)
-        p[2] = <char>nr
-    else:
-        p[0] = <char>0xdb
-        p[1] = <char>(nr >> 24)
-        p[2] = <char>(nr >> 16)
-        p[3] = <char>(nr >> 8)
-        p[4] = <char>nr
-    p += rh
+    p = _put_head(p + 8, rh, nr, 0xa0, 0xd9, 0xda, 0xdb)
     memcpy(p, PyBytes_AS_STRING(rid), nr)
-    p += nr
-    if ph == 2:
-        p[0] = <char>0xc4
-        p[1] = <char>np
-    elif ph == 3:
-        p[0] = <char>0xc5
-        p[1] = <char>(np >> 8)
-        p[2] = <char>np
-    else:
-        p[0] = <char>0xc6
-        p[1] = <char>(np >> 24)
-        p[2] = <char>(np >> 16)
-        p[3] = <char>(np >> 8)
-        p[4] = <char>np
-    p += ph
+    p = _put_head(p + nr, ph, np, 0, 0xc4, 0xc5, 0xc6)
     memcpy(p, PyBytes_AS_STRING(payload), np)
     p += np
     p[0] = <char>0xcb
@@ -188,7 +174,6 @@ cdef class WarmLane:
         fast_invoke: the native API's `_FastInvoke` class (the Python path's
             Pending), for calls that leave the lane.
         decode_result: `wire.instance_out.decode`.
-        validate_json: raises ValueError for an event that is not JSON.
         compare: `hmac.compare_digest`.
         stats: `trio.lowlevel.current_statistics`.
         parse: `_native.parse_request`, and its limits `max_headers` and
@@ -198,16 +183,14 @@ cdef class WarmLane:
             what `Cgroups.begin` and `end` call.
         uuid4_at, urandom: `_native.uuid4_at` and `os.urandom`: request ids.
         max_payload, inline_max: wire's limits.
-        kind_warm: the instance table's kind of a warm (not spare) instance.
     """
 
-    cdef object api, rt, limits, table, metrics, fast_invoke, decode_result
-    cdef object validate_json, compare, stats, expected_auth, counters, parse
+    cdef object api, rt, limits, metrics, fast_invoke, decode_result
+    cdef object compare, stats, expected_auth, counters, parse
     cdef object call_begin, call_end, peak_reset, uuid4_at, urandom
     cdef bytes pool
     cdef Py_ssize_t pos
     cdef Py_ssize_t max_payload, inline_max, max_body, max_headers, fast_body_max
-    cdef int kind_warm
     cdef char *buf
     cdef Py_ssize_t cap
     cdef char *inbuf
@@ -217,15 +200,14 @@ cdef class WarmLane:
         self.buf = NULL
         self.inbuf = NULL
 
-    def __init__(self, api, *, fast_invoke, decode_result, validate_json, compare,
+    def __init__(self, api, *, fast_invoke, decode_result, compare,
                  stats, parse, call_begin, call_end, peak_reset, uuid4_at, urandom,
                  Py_ssize_t max_payload, Py_ssize_t inline_max,
-                 int kind_warm, Py_ssize_t receive_bytes,
+                 Py_ssize_t receive_bytes,
                  Py_ssize_t max_headers, Py_ssize_t fast_body_max):
         self.api = api
         self.rt = api.runtime
         self.limits = self.rt.limits
-        self.table = self.rt.table
         self.metrics = api.metrics
         self.pool = b""
         self.pos = 0
@@ -233,12 +215,10 @@ cdef class WarmLane:
         self.expected_auth = api._expected_auth
         self.fast_invoke = fast_invoke
         self.decode_result = decode_result
-        self.validate_json = validate_json
         self.compare = compare
         self.stats = stats
         self.max_payload = max_payload
         self.inline_max = inline_max
-        self.kind_warm = kind_warm
         self.parse = parse
         self.call_begin = call_begin
         self.call_end = call_end
@@ -330,36 +310,18 @@ cdef class WarmLane:
     cdef object _start(self, str name, object body, int64_t t0):
         """Runtime.invoke_nowait and _hand_over for a warm instance."""
         rt = self.rt
-        if not rt._open or rt._closing:
+        taken = rt._take_idle(name, body)
+        if taken is None:
             return None
-        fv = rt._functions.get(name)
-        if fv is None or ":" in name:
-            return None
-        cdef bytes payload = bytes(body)
-        if PyBytes_GET_SIZE(payload) > self.max_payload:
-            return None  # invoke says why
-        try:
-            self.validate_json(payload)
-        except ValueError:
-            return None
-        if self.limits.try_acquire(name, fv.config.max_concurrency) is not None:
-            return None  # invoke refuses it, and counts the refusal
-        got = self.table.acquire(fv.slot)
-        if got is None:
-            self.limits.release(name)
-            return None
-        inst = fv.instances[got[0]]
+        fv, inst, start, payload = taken
         chan = inst.chan
-        fv.in_flight += 1
-        rt._running += 1
-        cdef bint warm = got[1] == self.kind_warm
         try:
             # Larger than a datagram (48 bytes of framing around the id and payload),
             # or the channel busy or shut: the Python path sends it, or says why not.
-            if (not warm or chan.closed or PyBytes_GET_SIZE(payload) + 64 > self.inline_max
+            if (start != "warm" or chan.closed or len(payload) + 64 > self.inline_max
                     or chan._send_lock.locked()):
-                return self.fast_invoke(self.api, rt._hand_over(
-                    fv, inst, "warm" if warm else "prewarmed", payload), name, t0)
+                return self.fast_invoke(self.api, rt._hand_over(fv, inst, start, payload),
+                                        name, t0)
             now = rt._now()
             fv.freq.note_call(now, fv.in_flight)
             request_id = self._request_id()

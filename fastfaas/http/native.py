@@ -104,11 +104,11 @@ class NativeApi:
         self.loopback = loopback
         self.lane = _lane.WarmLane(
             self, fast_invoke=_FastInvoke, decode_result=wire.instance_out.decode,
-            validate_json=msgspec.json.decode, compare=hmac.compare_digest,
+            compare=hmac.compare_digest,
             stats=trio.lowlevel.current_statistics, parse=_native.parse_request,
             call_begin=_native.call_begin, call_end=_native.call_end, peak_reset=PEAK_RESET,
             uuid4_at=_native.uuid4_at, urandom=os.urandom, max_payload=wire.MAX_PAYLOAD,
-            inline_max=wire.INLINE_MAX, kind_warm=_native.KIND_WARM, receive_bytes=RECEIVE_BYTES,
+            inline_max=wire.INLINE_MAX, receive_bytes=RECEIVE_BYTES,
             max_headers=MAX_HEADERS, fast_body_max=FAST_BODY_MAX)
 
     # --- the App ---------------------------------------------------------------

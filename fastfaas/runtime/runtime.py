@@ -1026,6 +1026,23 @@ class Runtime:
         concurrency refusal, an invalid event, a closed runtime...): `invoke`
         then does it all, with the same errors as ever. None has no side effect.
         """
+        taken = self._take_idle(name, payload)
+        if taken is None:
+            return None
+        fv, inst, start, payload = taken
+        try:
+            return self._hand_over(fv, inst, start, payload)
+        except BaseException:  # what invoke's finally clauses would undo
+            self._call_done(fv, False)
+            self.limits.release(name)
+            raise
+
+    def _take_idle(self, name: str, payload: bytes,
+                   ) -> tuple[FunctionVersion, InstanceHandle, str, bytes] | None:
+        """`invoke_nowait`'s admission (and the compiled lane's): an idle instance of
+        `name` taken for an event that needs nothing more, the call counted in
+        flight: (function, instance, "warm" or "prewarmed", the event's bytes). None,
+        with no side effect, when it needs more (`invoke` then does it all)."""
         if not self._open or self._closing:
             return None
         fv = self._functions.get(name)
@@ -1041,16 +1058,10 @@ class Runtime:
         if got is None:
             self.limits.release(name)
             return None
-        inst = fv.instances[got[0]]
-        start = "prewarmed" if got[1] == _native.KIND_SPARE else "warm"
         fv.in_flight += 1
         self._running += 1
-        try:
-            return self._hand_over(fv, inst, start, payload)
-        except BaseException:  # what invoke's finally clauses would undo
-            self._call_done(fv, False)
-            self.limits.release(name)
-            raise
+        return (fv, fv.instances[got[0]], "prewarmed" if got[1] == _native.KIND_SPARE
+                else "warm", payload)
 
     def _hand_over(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
                    payload: bytes) -> FastCall:
