@@ -104,6 +104,8 @@ cdef inline char *_put_head(char *p, Py_ssize_t size, Py_ssize_t n, int fix, int
 cpdef bytes encode_invoke(str request_id, bytes payload, double deadline):
     """wire.Invoke(request_id, payload, deadline) as wire.encoder encodes it: a
     msgpack array [tag, str, bin, float64], built in one allocation."""
+    if request_id is None or payload is None:
+        raise TypeError("encode_invoke: request_id and payload must not be None")
     cdef bytes rid = request_id.encode("utf-8")
     cdef Py_ssize_t nr = PyBytes_GET_SIZE(rid), np = PyBytes_GET_SIZE(payload)
     cdef Py_ssize_t rh = _head_size(nr, True), ph = _head_size(np, False)
@@ -125,6 +127,8 @@ cpdef bytes ok_response(bytes request_id, bytes instance_id, int64_t duration_us
                         int64_t server_us, bytes body):
     """NativeApi._invoke_response's headers for a warm call's success, encoded as
     encode_response encodes them for a keep-alive connection."""
+    if request_id is None or instance_id is None or body is None:
+        raise TypeError("ok_response: request_id, instance_id and body must not be None")
     cdef char nums[96]
     cdef int nd = snprintf(nums, 32, "%lld", <long long>duration_us)
     cdef int ns = snprintf(nums + 32, 32, "%lld", <long long>server_us)
@@ -413,9 +417,13 @@ cdef class LaneCall:
         rt = lane.rt
         cg = inst.cgroup
         if cg is not None:  # Cgroups.end
-            peak, cpu_ns, tasks = lane.call_end(cg.peak_fd, cg.cpu_fd, cg.cpu_version,
-                                                cg.pids_fd, self.cpu_base)
-            held_ns = rt.cgroups.held(cg, cpu_ns) if cg.quota_ns and cpu_ns >= cg.quota_ns else 0
+            try:
+                peak, cpu_ns, tasks = lane.call_end(cg.peak_fd, cg.cpu_fd, cg.cpu_version,
+                                                    cg.pids_fd, self.cpu_base)
+                held_ns = (rt.cgroups.held(cg, cpu_ns) if cg.quota_ns and cpu_ns >= cg.quota_ns
+                           else 0)
+            except Exception:  # a cgroup file that failed: the Python path reads it again,
+                return self._leave((data, []))  # and undoes the call's counts as it fails
             if tasks > 1:  # leftovers: the Python path kills them
                 return self._leave((data, []), (peak, cpu_ns, tasks, held_ns))
         else:

@@ -1006,10 +1006,14 @@ class Runtime:
         given in parts: what `_answered` (the instance idle again), `_call_done` and
         `_done` do for it. Its caller has checked what they would branch on: not
         retired, not dead, not one-off, no waiters, no leftovers."""
-        now = self._now()
-        self._set_idle(inst, spare=False, now=now)
-        fv.quick = duration_ns < self.spin_ns
-        fv.quick_measured = True
+        try:  # as FastCall.settle: what fails before the call is done undoes its count
+            now = self._now()
+            self._set_idle(inst, spare=False, now=now)
+            fv.quick = duration_ns < self.spin_ns
+            fv.quick_measured = True
+        except BaseException:
+            self._call_done(fv, False)
+            raise
         self._call_done(fv, False, now)
         self._log_parts(fv, "warm", request_id, duration_ns // 1000, peak, cpu_ns // 1000,
                         held_ns // 1000, None, log_tail[-wire.LOG_TAIL:], 0)
@@ -1058,10 +1062,10 @@ class Runtime:
         if got is None:
             self.limits.release(name)
             return None
+        inst = fv.instances[got[0]]
         fv.in_flight += 1
         self._running += 1
-        return (fv, fv.instances[got[0]], "prewarmed" if got[1] == _native.KIND_SPARE
-                else "warm", payload)
+        return fv, inst, "prewarmed" if got[1] == _native.KIND_SPARE else "warm", payload
 
     def _hand_over(self, fv: FunctionVersion, inst: InstanceHandle, start: str,
                    payload: bytes) -> FastCall:

@@ -51,3 +51,12 @@ def test_ok_response_is_what_encode_response_gives_for_the_same_headers(
     ]
     assert (_lane.ok_response(request_id, instance, duration_us, server_us, body)
             == encode_response(200, headers, body, keep_alive=True))
+
+
+def test_the_encoders_refuse_none_where_bytes_belong() -> None:
+    for call in (lambda: _lane.encode_invoke("r", None, 1.0),  # type: ignore[arg-type]
+                 lambda: _lane.encode_invoke(None, b"{}", 1.0),  # type: ignore[arg-type]
+                 lambda: _lane.ok_response(None, b"i", 1, 2, b"{}"),  # type: ignore[arg-type]
+                 lambda: _lane.ok_response(b"r", b"i", 1, 2, None)):  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            call()
