@@ -183,17 +183,11 @@ cdef class WarmLane:
         parse: `_native.parse_request`, and its limits `max_headers` and
             `fast_body_max` (the HTTP protocol's).
         receive_bytes: the most a connection's read takes (the HTTP server's).
-        call_begin, call_end, peak_reset: `_native`'s, and `cgroups.PEAK_RESET`:
-            what `Cgroups.begin` and `end` call.
-        uuid4_at, urandom: `_native.uuid4_at` and `os.urandom`: request ids.
         max_payload, inline_max: wire's limits.
     """
 
     cdef object api, rt, limits, metrics, fast_invoke, decode_result
     cdef object compare, stats, expected_auth, counters, parse
-    cdef object call_begin, call_end, peak_reset, uuid4_at, urandom
-    cdef bytes pool
-    cdef Py_ssize_t pos
     cdef Py_ssize_t max_payload, inline_max, max_body, max_headers, fast_body_max
     cdef char *buf
     cdef Py_ssize_t cap
@@ -205,16 +199,13 @@ cdef class WarmLane:
         self.inbuf = NULL
 
     def __init__(self, api, *, fast_invoke, decode_result, compare,
-                 stats, parse, call_begin, call_end, peak_reset, uuid4_at, urandom,
-                 Py_ssize_t max_payload, Py_ssize_t inline_max,
+                 stats, parse, Py_ssize_t max_payload, Py_ssize_t inline_max,
                  Py_ssize_t receive_bytes,
                  Py_ssize_t max_headers, Py_ssize_t fast_body_max):
         self.api = api
         self.rt = api.runtime
         self.limits = self.rt.limits
         self.metrics = api.metrics
-        self.pool = b""
-        self.pos = 0
         self.counters = self.rt.counters
         self.expected_auth = api._expected_auth
         self.fast_invoke = fast_invoke
@@ -224,11 +215,6 @@ cdef class WarmLane:
         self.max_payload = max_payload
         self.inline_max = inline_max
         self.parse = parse
-        self.call_begin = call_begin
-        self.call_end = call_end
-        self.peak_reset = peak_reset
-        self.uuid4_at = uuid4_at
-        self.urandom = urandom
         self.max_body = api.max_body  # NativeApi.body_limit of POST /v1/functions/...
         self.max_headers = max_headers
         self.fast_body_max = fast_body_max
@@ -286,14 +272,6 @@ cdef class WarmLane:
             return self.api._bug(exc)
         return data if call is None else call
 
-    cdef str _request_id(self):
-        """RequestIds.next: a UUID4 from a pool of random bytes read 4 KB at a time."""
-        if self.pos + 16 > PyBytes_GET_SIZE(self.pool):
-            self.pool = self.urandom(4096)
-            self.pos = 0
-        self.pos += 16
-        return self.uuid4_at(self.pool, self.pos - 16)
-
     cdef object _route(self, method, str path, headers):
         """The function's name for a synchronous invocation of it (RequestResponse,
         no route key, the token if one is set); None for anything else."""
@@ -328,13 +306,12 @@ cdef class WarmLane:
                                         name, t0)
             now = rt._now()
             fv.freq.note_call(now, fv.in_flight)
-            request_id = self._request_id()
+            request_id = rt._request_ids.next()
             timeout = fv.config.timeout_s
             data = encode_invoke(request_id, payload, _mono_ns() / 1e9 + timeout)
             cg = inst.cgroup
-            cpu_base = 0 if cg is None else self.call_begin(  # Cgroups.begin
-                cg.peak_fd, self.peak_reset[cg.oom_version], cg.cpu_fd, cg.cpu_version)
-            self.counters["warm"] += 1  # _count_start, for a warm instance
+            cpu_base = 0 if cg is None else rt.cgroups.begin(cg)
+            rt._count_start(fv, "warm")  # False: nothing to replace after a warm call
             if ff_lane_send(chan.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0:
                 # Dead, or its buffer full: invoke's own path sends it (or retries).
                 return self.fast_invoke(self.api, rt._hand_over_unsent(
@@ -416,12 +393,9 @@ cdef class LaneCall:
             return self._leave((data, []))
         rt = lane.rt
         cg = inst.cgroup
-        if cg is not None:  # Cgroups.end
+        if cg is not None:
             try:
-                peak, cpu_ns, tasks = lane.call_end(cg.peak_fd, cg.cpu_fd, cg.cpu_version,
-                                                    cg.pids_fd, self.cpu_base)
-                held_ns = (rt.cgroups.held(cg, cpu_ns) if cg.quota_ns and cpu_ns >= cg.quota_ns
-                           else 0)
+                peak, cpu_ns, tasks, held_ns = rt.cgroups.end(cg, self.cpu_base)
             except Exception:  # a cgroup file that failed: the Python path reads it again,
                 return self._leave((data, []))  # and undoes the call's counts as it fails
             if tasks > 1:  # leftovers: the Python path kills them

@@ -446,19 +446,12 @@ class Cgroups:
         held it back since the last end or `mark_throttled`)."""
         peak, cpu, pids = _native.call_end(cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd,
                                            cpu_base)
-        return peak, cpu, pids, self.held(cg, cpu) if cg.quota_ns and cpu >= cg.quota_ns else 0
-
-    def held(self, cg: CgroupSet, cpu: int) -> int:
-        """`end`'s ns the CPU quota held the cgroup back, for a call that used `cpu` ns:
-        read only when the call used a whole period's quota (none could be held back
-        otherwise: 0 then)."""
-        if not cg.quota_ns or cpu < cg.quota_ns:
-            return 0
-        now = self.throttled(cg)
-        if now is None:
-            return 0
-        held, cg.throttled_base = max(0, now - cg.throttled_base), now
-        return held
+        held = 0
+        if cg.quota_ns and cpu >= cg.quota_ns:
+            now = self.throttled(cg)
+            if now is not None:
+                held, cg.throttled_base = max(0, now - cg.throttled_base), now
+        return peak, cpu, pids, held
 
     def throttled(self, cg: CgroupSet) -> int | None:
         """The cgroup's throttled time so far (ns); None when it cannot be read now

@@ -271,9 +271,6 @@ def run_one(msg: Invoke, handler: Callable[..., Any], two_args: bool, info: Func
             request_id=msg.request_id,
         )
     if len(payload) <= wire.MAX_PAYLOAD:
-        if not info.self_usage:  # the common success, in cgroups: positional, no calls
-            return Result(True, payload, "", "", False, duration, 0, 0, _take_log_tail(),
-                          msg.request_id)
         return Result(True, payload, duration_ns=duration, cpu_ns=_cpu_since(cpu0, info),
                       max_rss_kb=_max_rss_kb(info), log_tail=_take_log_tail(),
                       request_id=msg.request_id)
