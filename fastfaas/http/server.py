@@ -413,9 +413,7 @@ class HttpServer:
                         if not isinstance(got, bytes):  # a request, taken: as below
                             parser.took_whole()
                             conn.seen = parser.requests_begun  # whole: no header deadline
-                            conn.idle = False
-                            conn.deadline = math.inf
-                            self._in_flight += 1
+                            self._begun(conn)
                             self.fast_requests += 1
                             if not self._answered_fast(conn, _TAKEN, got):
                                 return
@@ -437,9 +435,7 @@ class HttpServer:
                 except ProtocolError as exc:
                     conn.error = exc
                 continue
-            conn.idle = False
-            conn.deadline = math.inf  # the app's time is not the client's
-            self._in_flight += 1
+            self._begun(conn)
             answer: Response | Pending | None = None
             if self.fast is not None:
                 try:
@@ -454,6 +450,19 @@ class HttpServer:
             if not self._answered_fast(conn, request, answer):
                 return
             drained = True
+
+    def _begun(self, conn: _Conn) -> None:
+        """A request of `conn` is being answered: in flight, and no deadline (the
+        app's time is not the client's)."""
+        conn.idle = False
+        conn.deadline = math.inf
+        self._in_flight += 1
+
+    def _ended(self, request: Request) -> bool:
+        """A request is answered: counted out; whether its connection stays."""
+        self._in_flight -= 1
+        self.requests += 1
+        return request.keep_alive and not self.closing
 
     def _answered_fast(self, conn: _Conn, request: Request, answer: Response | Pending) -> bool:
         """A request the fast path took: answer it now, or wait for it; True once
@@ -494,9 +503,7 @@ class HttpServer:
 
     def _encoded(self, request: Request, response: Response) -> tuple[bytes, bool]:
         """A request answered: its response's bytes, and whether the connection stays."""
-        self._in_flight -= 1
-        self.requests += 1
-        keep_alive = request.keep_alive and not self.closing
+        keep_alive = self._ended(request)
         head = request.method == b"HEAD"
         try:
             data = encode_response(response.status, response.headers, response.body,
@@ -524,9 +531,7 @@ class HttpServer:
 
     def _send_encoded(self, conn: _Conn, request: Request, data: bytes) -> bool:
         """`_respond_now` for a response the Pending encoded for keep-alive."""
-        self._in_flight -= 1
-        self.requests += 1
-        keep_alive = request.keep_alive and not self.closing
+        keep_alive = self._ended(request)
         if not keep_alive:
             end = data.index(b"\r\n") + 2  # after the status line
             data = data[:end] + b"connection: close\r\n" + data[end:]
