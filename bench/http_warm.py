@@ -771,9 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpus", metavar="LIST",
                         help="fastfaas serve --server-cpus LIST: the server on these CPUs,"
                              " its functions on the others (uvicorn runs anywhere)")
-    parser.add_argument("--function-sched", choices=("normal", "batch"),
+    parser.add_argument("--function-sched", choices=("batch", "normal"),
                         help="fastfaas serve --function-sched: the function processes'"
-                             " scheduling policy (default: the server's default, normal)")
+                             " scheduling policy (default: the server's default, batch)")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     overrides = {k: v for k, v in (("rounds", args.rounds), ("duration_s", args.duration),
@@ -812,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
             "handler": "bench/functions/ok/app.py: handler(event, context) -> {'ok': True}",
             "request": "POST, Content-Type: application/json, body {}",
             "fastfaas_server_cpus": args.server_cpus,
-            "fastfaas_function_sched": args.function_sched or "normal",
+            "fastfaas_function_sched": args.function_sched or "batch",
             "fastfaas": f"python -m fastfaas serve; PUT /v1/functions/{FUNCTION} (zip of "
                         "app.py, handler=app.handler); POST .../invoke",
             "uvicorn": "raw ASGI app bench/baselines/asgi_ok.py calling the same handler "

@@ -116,11 +116,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the server on these CPUs (e.g. 0, or 0-1,4) and every function"
                         " process on the others, so that an instance it wakes never takes"
                         " its CPU (default: everything anywhere)")
-    s.add_argument("--function-sched", choices=("normal", "batch"), default="normal",
-                   help="the scheduling policy of function processes: normal (the default)"
-                        " or batch (SCHED_BATCH: an instance the server wakes never preempts"
-                        " it; more warm calls per second at saturation, a longer tail for"
-                        " handlers that sleep)")
+    s.add_argument("--function-sched", choices=("batch", "normal"), default="batch",
+                   help="the scheduling policy of function processes: batch (the default;"
+                        " SCHED_BATCH: an instance the server wakes never preempts it, for"
+                        " more warm calls per second at saturation) or normal (a handler"
+                        " woken from a sleep on a busy machine preempts at once: a slightly"
+                        " shorter tail for handlers that sleep)")
     s.add_argument("--allow-source-builds", action="store_true",
                    help="let pip build requirements from source (runs their build code)")
     s.add_argument("--pip-arg", action="append", default=[], metavar="ARG",

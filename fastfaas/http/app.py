@@ -54,7 +54,7 @@ class ServeOptions(msgspec.Struct, kw_only=True):
     pip_args: Sequence[str] = ()
     limits: Limits = Limits()
     function_cpus: frozenset[int] | None = None  # (the CLI's --server-cpus: the rest)
-    function_sched: str = "normal"  # Runtime(function_sched=...)
+    function_sched: str = "batch"  # Runtime(function_sched=...)
 
 
 def is_loopback(host: str) -> bool:

@@ -80,8 +80,8 @@ def test_serve_keeps_itself_and_its_functions_apart(
         assert cpus_of(r.json()["pid"]) == rest
         health = c.get("/healthz").json()
     assert health["cpus"] == {"server": [first], "functions": sorted(rest)}
-    assert health["function_sched"] == "normal"  # the default
-    assert r.json()["policy"] == os.SCHED_OTHER
+    assert health["function_sched"] == "batch"  # the default
+    assert r.json()["policy"] == os.SCHED_BATCH
     # The server's threads (trio's worker threads among them) stay on its CPU.
     for tid in os.listdir(f"/proc/{server.pid}/task"):
         assert cpus_of(int(tid)) == {first}
@@ -119,6 +119,18 @@ async def test_function_processes_run_under_the_policy_given(
         assert os.sched_getscheduler(rt.template.pid) == policy
         assert rt.statistics()["function_sched"] == sched
     assert os.sched_getscheduler(0) == mine  # the embedding process keeps its own
+
+
+async def test_function_processes_run_batch_by_default(
+    tmp_path: Path, cgroups_mode: str, make_function: Callable[..., Path]
+) -> None:
+    async with fastfaas.Runtime(data_dir=tmp_path / "data", cgroups=cgroups_mode) as rt:
+        await rt.deploy("how", source=make_function(app=PID), handler="app.handler")
+        first = await rt.invoke("how")
+        assert first.ok, first
+        assert first.value()["policy"] == os.SCHED_BATCH
+        assert os.sched_getscheduler(rt.template.pid) == os.SCHED_BATCH
+        assert rt.statistics()["function_sched"] == "batch"
 
 
 def test_an_unknown_policy_is_refused(tmp_path: Path) -> None:
