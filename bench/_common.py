@@ -43,6 +43,16 @@ def steal_share(before: list[int], after: list[int]) -> float | None:
 _cpu_start = cpu_times()
 
 
+def busy_share(before: list[int], after: list[int]) -> float | None:
+    """The share of the machine's CPU time between two `cpu_times()` spent on anything
+    but idle and I/O wait, all CPUs together: how close to saturation a run was."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])
+    waiting = (after[3] - before[3]) + (after[4] - before[4])  # idle, iowait
+    return round(1 - waiting / total, 3) if total > 0 else None
+
+
 def steal_during_run() -> float | None:
     """steal_share since this module was imported (the benchmark's start)."""
     return steal_share(_cpu_start, cpu_times())

@@ -22,8 +22,9 @@ both alike:
    to back (order alternating); the ratio fastfaas/uvicorn per round, and
    the median of the rounds and of the ratios; per round and server, from
    /proc around the wrk run, the server's CPU per request (all its threads),
-   its child processes' (instances, zygotes) and the involuntary context
-   switches of its main thread (the event loop) per request;
+   its child processes' (instances, zygotes), the involuntary context
+   switches of its main thread (the event loop) per request, and how busy
+   the machine's CPUs were (/proc/stat: all but idle and iowait);
 2. latency at 1 connection: a raw-socket HTTP/1.1 keep-alive client (blocking
    socket, TCP_NODELAY, the request bytes built once, the response read to
    its Content-Length), `requests` sequential requests in blocks alternating
@@ -417,10 +418,10 @@ def run_wrk(server: Server, seconds: int, p: Params, script: Path) -> dict[str, 
     url = f"http://{HOST}:{server.port}{server.invoke_path}"
     argv = ["wrk", f"-t{p.threads}", f"-c{p.connections}", f"-d{seconds}s", "--timeout", "10s",
             "-s", str(script), url]
-    before = cpu_sample(server.proc.pid)
+    before, machine_before = cpu_sample(server.proc.pid), _common.cpu_times()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False,
                           timeout=seconds + 60)
-    after = cpu_sample(server.proc.pid)
+    after, machine_after = cpu_sample(server.proc.pid), _common.cpu_times()
     line = next((x for x in proc.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({proc.returncode}): {argv}\n{proc.stdout}\n{proc.stderr}")
@@ -431,6 +432,7 @@ def run_wrk(server: Server, seconds: int, p: Params, script: Path) -> dict[str, 
     r["ok_rps"] = round((r["requests"] - failed) / seconds_run, 1)
     r["errors_total"] = sum(r["errors"].values())
     r.update(cpu_per_request(before, after, r["requests"]))
+    r["machine_busy"] = _common.busy_share(machine_before, machine_after)
     server.check_alive()
     return r
 
@@ -464,8 +466,8 @@ def bench_throughput(servers: dict[str, Server], p: Params, script: Path) -> dic
                 r[name]["latency_us"]["p99"] for r in rounds) / 1000, 4),
             "errors_total": sum(r[name]["errors_total"] for r in rounds),
         }
-        for key in ("server_cpu_us", "below_cpu_us", "preemptions"):
-            values = [r[name][key] for r in rounds if r[name][key] is not None]
+        for key in ("server_cpu_us", "below_cpu_us", "preemptions", "machine_busy"):
+            values = [r[name][key] for r in rounds if r[name].get(key) is not None]
             out[name][f"median_{key}"] = statistics.median(values) if values else None
     if len(servers) == 2:
         ratios = [r["ratio"] for r in rounds]
@@ -680,7 +682,8 @@ def table(report: dict[str, Any]) -> str:
                  + ([""] if both else [])))
     for key, label in (("server_cpu_us", "  server CPU us / request"),
                        ("below_cpu_us", "  its child processes' CPU us / request"),
-                       ("preemptions", "  loop thread preempted / request")):
+                       ("preemptions", "  loop thread preempted / request"),
+                       ("machine_busy", "  machine busy, share of all CPUs")):
         values = [thr[n].get(f"median_{key}") for n in names]
         rows.append((label, [*values, *([ratio(values[0], values[1])] if both else [])]))
     for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
