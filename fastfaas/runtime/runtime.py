@@ -206,7 +206,7 @@ class Runtime:
             instances: "batch" (the default: SCHED_BATCH, which the kernel
             never lets preempt a running task on waking: an instance the server
             wakes waits for a free CPU, or the server's next wait, instead of
-            stopping it in the middle of a batch of requests; 1.1-1.26x the
+            stopping it in the middle of a batch of requests; 1.07-1.26x the
             warm calls per second when the server's thread is the limit) or
             "normal" (SCHED_OTHER, as the server's own: a handler woken from a
             sleep on a busy machine preempts at once; its p99 in the Zipf
