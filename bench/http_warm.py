@@ -23,8 +23,10 @@ both alike:
    the median of the rounds and of the ratios; per round and server, from
    /proc around the wrk run, the server's CPU per request (all its threads),
    its child processes' (instances, zygotes), the involuntary context
-   switches of its main thread (the event loop) per request, and how busy
-   the machine's CPUs were (/proc/stat: all but idle and iowait);
+   switches of its main thread (the event loop) per request, that thread's
+   share of the wall time on a CPU and its wait for one per request
+   (/proc/PID/task/PID/schedstat), and how busy the machine's CPUs were
+   (/proc/stat: all but idle and iowait);
 2. latency at 1 connection: a raw-socket HTTP/1.1 keep-alive client (blocking
    socket, TCP_NODELAY, the request bytes built once, the response read to
    its Content-Length), `requests` sequential requests in blocks alternating
@@ -380,6 +382,9 @@ class CpuSample:
     server_ticks: int  # utime + stime of the server process, all its threads
     below: dict[tuple[int, str], int]  # (pid, start time) -> utime + stime, per descendant
     preempted: int  # involuntary context switches of the server's main (event loop) thread
+    loop_run_ns: int  # the main thread's time on a CPU (/proc/PID/task/PID/schedstat)
+    loop_wait_ns: int  # its time runnable on a run queue, waiting for a CPU
+    wall_ns: int  # time.monotonic_ns() when sampled
 
 
 def cpu_sample(pid: int) -> CpuSample | None:
@@ -395,22 +400,35 @@ def cpu_sample(pid: int) -> CpuSample | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("nonvoluntary_ctxt_switches:"):
                 preempted = int(line.split()[1])
-    return CpuSample(int(fields[11]) + int(fields[12]), below, preempted)
+    run_ns = wait_ns = 0
+    with contextlib.suppress(OSError, ValueError):
+        run, wait, _slices = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+        run_ns, wait_ns = int(run), int(wait)
+    return CpuSample(int(fields[11]) + int(fields[12]), below, preempted, run_ns, wait_ns,
+                     time.monotonic_ns())
 
 
 def cpu_per_request(before: CpuSample | None, after: CpuSample | None,
                     requests: int) -> dict[str, float | None]:
     """Per request over a round: the server's CPU (us), its descendants' (instances,
     zygotes; a process that started during the round counts whole), and how often the
-    event loop's thread was preempted."""
+    event loop's thread was preempted; and the share of the round's wall time that
+    thread ran (near 1: the loop is the limit), and how long it waited for a CPU per
+    request (us)."""
     if before is None or after is None or requests <= 0:
-        return {"server_cpu_us": None, "below_cpu_us": None, "preemptions": None}
+        return {"server_cpu_us": None, "below_cpu_us": None, "preemptions": None,
+                "loop_running": None, "loop_wait_us": None}
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     below = sum(ticks - before.below.get(key, 0) for key, ticks in after.below.items())
     return {
         "server_cpu_us": round((after.server_ticks - before.server_ticks) * tick_us / requests, 1),
         "below_cpu_us": round(below * tick_us / requests, 1),
         "preemptions": round((after.preempted - before.preempted) / requests, 3),
+        "loop_running": (round((after.loop_run_ns - before.loop_run_ns) / wall, 3)
+                         if (wall := after.wall_ns - before.wall_ns) > 0 and after.loop_run_ns
+                         else None),
+        "loop_wait_us": (round((after.loop_wait_ns - before.loop_wait_ns) / 1000 / requests, 2)
+                         if after.loop_run_ns else None),
     }
 
 
@@ -466,7 +484,8 @@ def bench_throughput(servers: dict[str, Server], p: Params, script: Path) -> dic
                 r[name]["latency_us"]["p99"] for r in rounds) / 1000, 4),
             "errors_total": sum(r[name]["errors_total"] for r in rounds),
         }
-        for key in ("server_cpu_us", "below_cpu_us", "preemptions", "machine_busy"):
+        for key in ("server_cpu_us", "below_cpu_us", "preemptions", "loop_running",
+                    "loop_wait_us", "machine_busy"):
             values = [r[name][key] for r in rounds if r[name].get(key) is not None]
             out[name][f"median_{key}"] = statistics.median(values) if values else None
     if len(servers) == 2:
@@ -683,6 +702,8 @@ def table(report: dict[str, Any]) -> str:
     for key, label in (("server_cpu_us", "  server CPU us / request"),
                        ("below_cpu_us", "  its child processes' CPU us / request"),
                        ("preemptions", "  loop thread preempted / request"),
+                       ("loop_running", "  loop thread running, share of wall time"),
+                       ("loop_wait_us", "  loop thread waiting for a CPU, us / request"),
                        ("machine_busy", "  machine busy, share of all CPUs")):
         values = [thr[n].get(f"median_{key}") for n in names]
         rows.append((label, [*values, *([ratio(values[0], values[1])] if both else [])]))
