@@ -414,7 +414,6 @@ class HttpServer:
                             parser.took_whole()
                             conn.seen = parser.requests_begun  # whole: no header deadline
                             self._begun(conn)
-                            self.fast_requests += 1
                             if not self._answered_fast(conn, _TAKEN, got):
                                 return
                             drained = True
@@ -446,7 +445,6 @@ class HttpServer:
                 self._spawn(conn, functools.partial(self._answer, conn, request,
                                                     functools.partial(self.app, request)))
                 return
-            self.fast_requests += 1
             if not self._answered_fast(conn, request, answer):
                 return
             drained = True
@@ -467,6 +465,7 @@ class HttpServer:
     def _answered_fast(self, conn: _Conn, request: Request, answer: Response | Pending) -> bool:
         """A request the fast path took: answer it now, or wait for it; True once
         answered and `conn` may go on."""
+        self.fast_requests += 1
         if isinstance(answer, Response):
             return self._respond_now(conn, request, answer)
         conn.pending, conn.request = answer, request

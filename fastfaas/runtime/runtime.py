@@ -313,8 +313,7 @@ class Runtime:
                 raise ValueError(f"function_cpus {sorted(self.function_cpus)} must be some of"
                                  f" this machine's CPUs, 0-{online[-1]}")
         self.function_sched = function_sched
-        self.template = Template(python, cwd="/", cpus=self.function_cpus,
-                                 batch=function_sched == "batch")
+        self.template = self._new_template()
         self._template_up = trio.Event()
         self._template_restarts: collections.deque[float] = collections.deque()
         self.table = _native.InstanceTable()
@@ -1000,6 +999,12 @@ class Runtime:
             self._auto_size(fv)
         return result
 
+    def _new_template(self) -> Template:
+        """A template zygote, not started, with the CPUs and policy every function
+        process inherits from it."""
+        return Template(self.python, cwd="/", cpus=self.function_cpus,
+                        batch=self.function_sched == "batch")
+
     def _warm_success(self, fv: FunctionVersion, inst: InstanceHandle, request_id: str,
                       duration_ns: int, peak: int, cpu_ns: int, held_ns: int,
                       log_tail: bytes) -> None:
@@ -1643,9 +1648,7 @@ class Runtime:
         """
         first = True
         while True:
-            template = self.template if first else Template(
-                self.python, cwd="/", cpus=self.function_cpus,
-                batch=self.function_sched == "batch")
+            template = self.template if first else self._new_template()
             self.template = template
             failed: BaseException | None = None
             try:
