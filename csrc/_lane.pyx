@@ -53,6 +53,10 @@ cdef extern from "errno.h":
     int EAGAIN
 
 
+cdef enum:
+    _BUCKETS_MAX = 64  # the most histogram buckets WarmLane.observe takes
+
+
 cdef inline int64_t _mono_ns() noexcept:
     """time.monotonic_ns() and time.perf_counter_ns() on Linux: CLOCK_MONOTONIC."""
     cdef timespec ts
@@ -182,12 +186,15 @@ cdef class WarmLane:
         stats: `trio.lowlevel.current_statistics`.
         parse: `_native.parse_request`, and its limits `max_headers` and
             `fast_body_max` (the HTTP protocol's).
+        metrics_buckets: the latency histograms' bounds (`metrics.BUCKETS`).
         receive_bytes: the most a connection's read takes (the HTTP server's).
         max_payload, inline_max: wire's limits.
     """
 
     cdef object api, rt, limits, metrics, fast_invoke, decode_result
-    cdef object compare, stats, expected_auth, counters, parse
+    cdef object compare, stats, expected_auth, counters, parse, deadlines
+    cdef double bounds[_BUCKETS_MAX]
+    cdef Py_ssize_t nbounds
     cdef Py_ssize_t max_payload, inline_max, max_body, max_headers, fast_body_max
     cdef char *buf
     cdef Py_ssize_t cap
@@ -199,7 +206,7 @@ cdef class WarmLane:
         self.inbuf = NULL
 
     def __init__(self, api, *, fast_invoke, decode_result, compare,
-                 stats, parse, Py_ssize_t max_payload, Py_ssize_t inline_max,
+                 stats, parse, metrics_buckets, Py_ssize_t max_payload, Py_ssize_t inline_max,
                  Py_ssize_t receive_bytes,
                  Py_ssize_t max_headers, Py_ssize_t fast_body_max):
         self.api = api
@@ -207,6 +214,13 @@ cdef class WarmLane:
         self.limits = self.rt.limits
         self.metrics = api.metrics
         self.counters = self.rt.counters
+        self.deadlines = self.rt._deadlines
+        buckets = metrics_buckets
+        if len(buckets) > _BUCKETS_MAX:
+            raise ValueError(f"WarmLane takes at most {_BUCKETS_MAX} histogram buckets")
+        self.nbounds = len(buckets)
+        for i, bound in enumerate(buckets):
+            self.bounds[i] = bound
         self.expected_auth = api._expected_auth
         self.fast_invoke = fast_invoke
         self.decode_result = decode_result
@@ -310,15 +324,24 @@ cdef class WarmLane:
             timeout = fv.config.timeout_s
             data = encode_invoke(request_id, payload, _mono_ns() / 1e9 + timeout)
             cg = inst.cgroup
-            cpu_base = 0 if cg is None else rt.cgroups.begin(cg)
-            rt._count_start(fv, "warm")  # False: nothing to replace after a warm call
+            if cg is None:
+                cpu_base = 0
+            else:  # CgroupManager.begin: the last call's end began this one, or not
+                cpu_base = cg.next_base
+                if cpu_base >= 0:
+                    cg.next_base = -1
+                else:
+                    cpu_base = rt.cgroups.begin(cg)
+            self.counters["warm"] += 1  # rt._count_start(fv, "warm"): nothing more
             if ff_lane_send(chan.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0:
                 # Dead, or its buffer full: invoke's own path sends it (or retries).
                 return self.fast_invoke(self.api, rt._hand_over_unsent(
                     fv, inst, "warm", request_id, payload, data, now + timeout, cpu_base),
                     name, t0)
             self.counters["nowait_calls"] += 1
-            entry = rt._watch_deadline(now + timeout, inst)
+            entry = self.deadlines.push(now + timeout, inst)  # rt._watch_deadline, in line
+            if now + timeout < rt._watching_until:
+                rt._deadline_lot.unpark_all()
         except BaseException:  # what invoke's finally clauses would undo
             rt._call_done(fv, False)
             self.limits.release(name)
@@ -341,6 +364,23 @@ cdef class WarmLane:
         call.waits_first = rt._running != 1
         call.spin_ns = 0 if call.waits_first else rt._poll_ns(fv, "warm")
         return call
+
+
+    cdef void observe(self, name, double seconds) except *:
+        """Metrics.record(name, "warm", "success", seconds), with Histogram.observe's
+        bucket found in C."""
+        metrics = self.metrics
+        hist = metrics.latency.get(name)
+        if hist is None:  # its first: the Metrics make the histogram
+            metrics.record(name, "warm", "success", seconds)
+            return
+        metrics.invocations[name, "warm", "success"] += 1
+        cdef Py_ssize_t i = 0
+        while i < self.nbounds and self.bounds[i] < seconds:  # bisect_left
+            i += 1
+        counts = hist.counts
+        counts[i] += 1
+        hist.sum += seconds
 
 
 cdef class LaneCall:
@@ -413,7 +453,7 @@ cdef class LaneCall:
         lane.counters["lane_finished"] += 1
         # NativeApi._invoke_response
         server_ns = _mono_ns() - self.t0
-        lane.metrics.record(name, "warm", "success", server_ns / 1e9)
+        lane.observe(name, server_ns / 1e9)
         return ok_response(self.request_id.encode(), inst.instance_id.encode(), duration_us,
                             server_ns // 1000, result.payload)
 

@@ -568,12 +568,20 @@ def call_begin(int peak_fd, bytes peak_reset, int cpu_fd, int cpu_version):
     return v * 1000
 
 
-def call_end(int peak_fd, int cpu_fd, int cpu_version, int pids_fd, int64_t cpu_base):
+def call_end(int peak_fd, int cpu_fd, int cpu_version, int pids_fd, int64_t cpu_base,
+             bytes peak_reset=None):
     """An invocation's end, in one call: (memory peak bytes or 0 without peak_fd, CPU
     ns since `call_begin` or 0 without cpu_fd, tasks in the cgroup or 1 without
-    pids_fd)."""
+    pids_fd, the next call's base or -1).
+
+    With `peak_reset`, and no task but the instance's in the cgroup, the next
+    call begins here: the peak is reset after it is read, and the CPU counter as
+    read (ns) is the next call's base, for `call_begin` not to be needed (one
+    system call fewer: v1's counter is not reset). -1 when the next call must
+    call `call_begin`: no `peak_reset`, leftovers, or a reset that failed (which
+    `call_begin` then reports)."""
     cdef int rc
-    cdef int64_t peak = 0, cpu = 0, tasks = 1
+    cdef int64_t peak = 0, cpu = 0, tasks = 1, next_base = -1
     if peak_fd >= 0:
         rc = ff_read_i64(peak_fd, &peak)
         if rc < 0:
@@ -583,14 +591,17 @@ def call_end(int peak_fd, int cpu_fd, int cpu_version, int pids_fd, int64_t cpu_
             rc = ff_read_i64(cpu_fd, &cpu)
         else:
             rc = ff_read_keyed_i64(cpu_fd, b"usage_usec", &cpu)
-            cpu = cpu * 1000 - cpu_base
+            cpu = cpu * 1000
         if rc < 0:
             raise _oserror(-rc, f"read the CPU counter from fd {cpu_fd}")
     if pids_fd >= 0:
         rc = ff_read_i64(pids_fd, &tasks)
         if rc < 0:
             raise _oserror(-rc, f"read integer from fd {pids_fd}")
-    return peak, cpu, tasks
+    if peak_reset is not None and tasks <= 1:
+        if peak_fd < 0 or ff_write_at0(peak_fd, peak_reset, len(peak_reset)) >= 0:
+            next_base = cpu
+    return peak, cpu - cpu_base, tasks, next_base
 
 
 def read_keyed_i64(int fd, bytes key):

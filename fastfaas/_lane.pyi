@@ -10,7 +10,8 @@ def ok_response(request_id: bytes, instance_id: bytes, duration_us: int, server_
 class WarmLane:
     def __init__(self, api: Any, *, fast_invoke: type, decode_result: Callable[[bytes], Any],
                  compare: Callable[[bytes, bytes], bool],
-                 stats: Callable[[], Any], parse: Callable[..., Any], max_payload: int,
+                 stats: Callable[[], Any], parse: Callable[..., Any],
+                 metrics_buckets: tuple[float, ...], max_payload: int,
                  inline_max: int,
                  receive_bytes: int, max_headers: int,
                  fast_body_max: int) -> None: ...

@@ -41,7 +41,7 @@ from fastfaas.errors import (
 from fastfaas.http import sigv4
 from fastfaas.http.lambda_api import LambdaApi
 from fastfaas.http.lambda_api import error_response as lambda_error
-from fastfaas.http.metrics import Metrics
+from fastfaas.http.metrics import BUCKETS, Metrics
 from fastfaas.http.protocol import FAST_BODY_MAX, MAX_HEADERS, Request
 from fastfaas.http.server import JSON, RECEIVE_BYTES, Response, error_response
 from fastfaas.runtime import code as code_bundles
@@ -105,7 +105,7 @@ class NativeApi:
             self, fast_invoke=_FastInvoke, decode_result=wire.instance_out.decode,
             compare=hmac.compare_digest,
             stats=trio.lowlevel.current_statistics, parse=_native.parse_request,
-            max_payload=wire.MAX_PAYLOAD,
+            metrics_buckets=BUCKETS, max_payload=wire.MAX_PAYLOAD,
             inline_max=wire.INLINE_MAX, receive_bytes=RECEIVE_BYTES,
             max_headers=MAX_HEADERS, fast_body_max=FAST_BODY_MAX)
 

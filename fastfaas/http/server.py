@@ -494,6 +494,20 @@ class HttpServer:
             return False
         conn.pending = conn.request = None
         if isinstance(out, bytes):  # encoded already, for a keep-alive connection
+            if request.keep_alive and not self.closing:
+                # _send_encoded's _ended, _send_response and _send_some in line for
+                # what nearly every warm call does (this runs per call). An error,
+                # or a full socket, is left to them.
+                try:
+                    sent = conn.sock.send(out)
+                except OSError:
+                    return self._send_encoded(conn, request, out)
+                self._in_flight -= 1
+                self.requests += 1
+                if sent < len(out):  # a task sends the rest
+                    self._spawn(conn, functools.partial(self._write, conn, out[sent:], True))
+                    return False
+                return self._responded(conn, True)
             return self._send_encoded(conn, request, out)
         if isinstance(out, Response):
             return self._respond_now(conn, request, out)

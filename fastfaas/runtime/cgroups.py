@@ -182,6 +182,9 @@ class CgroupSet:
     memory_mb: int | None = None  # the size it was last given
     usage_path: bytes | None = None  # its memory usage file, once looked up
     oom_seen: int = 0
+    # The CPU counter as the last call's end read it (ns), the peak reset then: the
+    # next call's base, its `begin` with no system call; -1 when `begin` must read.
+    next_base: int = -1
 
     def dir_for(self, controller: str) -> Path | None:
         for h, d in self.dirs.items():
@@ -436,16 +439,27 @@ class Cgroups:
 
     # --- per invocation ----------------------------------------------------
 
-    def begin(self, cg: CgroupSet) -> int:
-        """Reset the peak; returns the CPU counter to subtract at the end (ns)."""
+    def begin(self, cg: CgroupSet, *, fresh: bool = False) -> int:
+        """Reset the peak; returns the CPU counter to subtract at the end (ns). After
+        a call's `end` that began the next, nothing to do. `fresh`: a new instance
+        in the cgroup, whatever ran in it before (the last `end`'s base is not its)."""
+        base = cg.next_base
+        if base >= 0 and not fresh:
+            cg.next_base = -1
+            return base
+        cg.next_base = -1
         return _native.call_begin(cg.peak_fd, PEAK_RESET[cg.oom_version], cg.cpu_fd,
                                   cg.cpu_version)
 
     def end(self, cg: CgroupSet, cpu_base: int) -> tuple[int, int, int, int]:
         """(peak memory bytes, CPU ns since begin, tasks in the cgroup, ns the CPU quota
-        held it back since the last end or `mark_throttled`)."""
-        peak, cpu, pids = _native.call_end(cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd,
-                                           cpu_base)
+        held it back since the last end or `mark_throttled`). With no leftovers, the
+        next call's `begin` is done here: the peak reset, the CPU counter kept."""
+        cg.next_base = -1  # until the reads below have all succeeded
+        peak, cpu, pids, next_base = _native.call_end(
+            cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd, cpu_base,
+            PEAK_RESET[cg.oom_version])
+        cg.next_base = next_base
         held = 0
         if cg.quota_ns and cpu >= cg.quota_ns:
             now = self.throttled(cg)

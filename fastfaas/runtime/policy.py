@@ -236,10 +236,12 @@ class RecentEvents:
     def note(self, now: float) -> None:
         self._times.append(now)
 
-    def count(self, now: float) -> int:
-        """Events in (now - window_s, now]."""
+    def count(self, now: float, event: float | None = None) -> int:
+        """Events in (now - window_s, now]; `event`: note one at that time first."""
         cutoff = now - self.window_s
         times = self._times
+        if event is not None:
+            times.append(event)
         while times and times[0] <= cutoff:
             times.popleft()
         return len(times)
@@ -343,11 +345,12 @@ class FrequencyClass:
     def note_call(self, now: float, in_flight: int) -> bool:
         """A call arrives with `in_flight` calls of the function running (itself
         included); returns whether the function is frequent now."""
-        self._calls.note(now)
-        return self.update(now, in_flight)
+        return self.update(now, in_flight, now)
 
-    def update(self, now: float, in_flight: int) -> bool:
-        calls = self._calls.count(now)
+    def update(self, now: float, in_flight: int, call: float | None = None) -> bool:
+        """Whether the function is frequent now; `call`: note a call at that time
+        first (`note_call`, in one step: this runs per call)."""
+        calls = self._calls.count(now, call)
         rate = calls / self.window_s
         if not self.frequent:
             # At least two calls: one call in a short window is no rate.

@@ -92,6 +92,7 @@ CGROUP_POOL_RETRY_S = 1.0  # after the pool could not make a cgroup
 FDS_PER_INSTANCE = 7  # in the server: socket, pidfd, 4 cgroup files, and a margin
 FDS_RESERVED = 2048  # connections, zygotes, the template, SQLite, pip...
 _json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
 
 
 # Retries of an invocation whose event reached no handler (each retires what it found
@@ -1014,13 +1015,21 @@ class Runtime:
         retired, not dead, not one-off, no waiters, no leftovers."""
         try:  # as FastCall.settle: what fails before the call is done undoes its count
             now = self._now()
-            self._set_idle(inst, spare=False, now=now)
+            # _set_idle(inst, spare=False, now=now), in line (this runs per call)
+            inst.idle_since = now
+            inst.spare = False
+            self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM, now)
+            if self._changed is not None:
+                self._notify()
             fv.quick = duration_ns < self.spin_ns
             fv.quick_measured = True
         except BaseException:
             self._call_done(fv, False)
             raise
-        self._call_done(fv, False, now)
+        # _call_done(fv, False, now), in line: not retired (the caller checked)
+        fv.in_flight -= 1
+        self._running -= 1
+        fv.last_used = now
         self._log_parts(fv, "warm", request_id, duration_ns // 1000, peak, cpu_ns // 1000,
                         held_ns // 1000, None, log_tail[-wire.LOG_TAIL:], 0)
         if fv.config.auto_size and fv.auto_count >= self.auto_size_after:
@@ -1058,9 +1067,13 @@ class Runtime:
         fv = self._functions.get(name)
         if fv is None or ":" in name:
             return None
+        # _event_bytes's checks, without its errors: invoke says why.
+        payload = bytes(payload)
+        if len(payload) > wire.MAX_PAYLOAD:
+            return None
         try:
-            payload = _event_bytes(None, payload)
-        except (InvalidRequestError, RequestTooLargeError):  # invoke says why
+            _json_decode(payload)
+        except ValueError:
             return None
         if self.limits.try_acquire(name, fv.config.max_concurrency) is not None:
             return None  # invoke refuses it, and counts the refusal
@@ -1820,7 +1833,7 @@ class Runtime:
         try:
             if cg is not None:
                 cg.oom_seen = self.cgroups.oom_kills(cg)
-                inst.cpu_base = self.cgroups.begin(cg)
+                inst.cpu_base = self.cgroups.begin(cg, fresh=True)
             sent = await z.spawn(spawn_id, child_end.fileno(), cg.join_fds if cg else [], first)
         finally:
             child_end.close()

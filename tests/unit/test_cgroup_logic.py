@@ -259,14 +259,25 @@ def test_call_begin_and_call_end_do_a_calls_cgroup_reads_and_writes_in_one_step(
         assert (tmp_path / "cpuacct.usage").read_bytes().startswith(b"0")
         (tmp_path / "cpuacct.usage").write_text("2500\n")
         (tmp_path / "memory.max_usage_in_bytes").write_text("4096\n")
-        assert _native.call_end(peak, cpu_v1, 1, pids, 0) == (4096, 2500, 3)
+        assert _native.call_end(peak, cpu_v1, 1, pids, 0) == (4096, 2500, 3, -1)
+        # With the reset given and leftovers (3 tasks): nothing written, no next base.
+        assert _native.call_end(peak, cpu_v1, 1, pids, 0, b"0") == (4096, 2500, 3, -1)
+        assert (tmp_path / "memory.max_usage_in_bytes").read_bytes().startswith(b"4096")
+        # The instance alone: the next call begins here, the peak reset and the CPU
+        # counter as read its base (v1's counter is not reset).
+        (tmp_path / "pids.current").write_text("1\n")
+        assert _native.call_end(peak, cpu_v1, 1, pids, 500, b"0") == (4096, 2000, 1, 2500)
+        assert (tmp_path / "memory.max_usage_in_bytes").read_bytes().startswith(b"0")
+        assert (tmp_path / "cpuacct.usage").read_bytes().startswith(b"2500")
         # v2: the CPU counter is read (us) and subtracted at the end (ns).
         base = _native.call_begin(-1, b"reset", cpu_v2, 2)
         assert base == 1_500_000
         (tmp_path / "cpu.stat").write_text("usage_usec 1750\n")
-        assert _native.call_end(-1, cpu_v2, 2, -1, base) == (0, 250_000, 1)
+        assert _native.call_end(-1, cpu_v2, 2, -1, base) == (0, 250_000, 1, -1)
+        assert _native.call_end(-1, cpu_v2, 2, -1, base, b"reset") == (
+            0, 250_000, 1, 1_750_000)
         assert _native.call_begin(-1, b"0", -1, 1) == 0  # no controllers: nothing read
-        assert _native.call_end(-1, -1, 1, -1, 0) == (0, 0, 1)
+        assert _native.call_end(-1, -1, 1, -1, 0) == (0, 0, 1, -1)
     finally:
         for fd in (peak, cpu_v1, cpu_v2, pids):
             os.close(fd)
