@@ -315,7 +315,7 @@ cdef class WarmLane:
             # Larger than a datagram (48 bytes of framing around the id and payload),
             # or the channel busy or shut: the Python path sends it, or says why not.
             if (start != "warm" or chan.closed or len(payload) + 64 > self.inline_max
-                    or chan._send_lock.locked()):
+                    or chan.waiting_sends):
                 return self.fast_invoke(self.api, rt._hand_over(fv, inst, start, payload),
                                         name, t0)
             now = rt._now()

@@ -196,9 +196,10 @@ class HttpServer:
         self._ep: select.epoll | None = None
         self._conn_of: dict[int, _Conn] = {}  # a connection's descriptor -> it
         self._waiting_on: dict[int, _Conn] = {}  # a Pending's descriptor -> its connection
-        # A Pending's descriptor in the set -> its owner, held weakly: a closed channel's
-        # entry (and its buffers) goes with it, and a new owner registers again.
-        self._owners: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
+        # A Pending's descriptor in the set -> its owner, held weakly: a closed channel
+        # (and its buffers) is not kept alive here, and a new owner on the same
+        # descriptor registers again. A plain dict, read without a Python call.
+        self._owners: dict[int, weakref.ref[object]] = {}
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -355,9 +356,10 @@ class HttpServer:
         assert self._ep is not None
         fd = pending.fd
         self._waiting_on[fd] = conn
-        if self._owners.get(fd) is not pending.owner:  # new to the set: a reply
-            _watch(self._ep, fd)                       # already in is reported at once
-            self._owners[fd] = pending.owner
+        known = self._owners.get(fd)
+        if known is None or known() is not pending.owner:  # new to the set: a reply
+            _watch(self._ep, fd)                           # already in is reported at once
+            self._owners[fd] = weakref.ref(pending.owner)
 
     def _serve_ready(self, conn: _Conn, drained: bool = False) -> None:
         """Read, parse and answer what `conn` has, until it must wait: then the

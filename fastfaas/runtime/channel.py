@@ -32,6 +32,9 @@ class AsyncChannel:
         self._buf = bytearray(wire.INLINE_MAX + 1)
         self._view = memoryview(self._buf)
         self._send_lock = trio.StrictFIFOLock()
+        # Sends that hold or wait for the lock (`_send_lock.locked()` while any is
+        # in: trio hands the lock to the next waiter), read without a call.
+        self.waiting_sends = 0
         self.closed = False
 
     async def send(self, msg: msgspec.Struct, fds: list[int] | None = None) -> None:
@@ -46,20 +49,24 @@ class AsyncChannel:
         payload, out_fds, memfd = wire.outgoing(data, fds)
         anc = wire.ancillary(out_fds)
         try:
-            if not self._send_lock.locked():
+            if not self.waiting_sends:
                 try:
                     self._raw.sendmsg([payload], anc)
                     return
                 except BlockingIOError:
                     pass
-            async with self._send_lock:
-                while True:
-                    await self._wait(trio.lowlevel.wait_writable)
-                    try:
-                        self._raw.sendmsg([payload], anc)
-                        return
-                    except BlockingIOError:
-                        pass
+            self.waiting_sends += 1
+            try:
+                async with self._send_lock:
+                    while True:
+                        await self._wait(trio.lowlevel.wait_writable)
+                        try:
+                            self._raw.sendmsg([payload], anc)
+                            return
+                        except BlockingIOError:
+                            pass
+            finally:
+                self.waiting_sends -= 1
         finally:
             if memfd >= 0:
                 os.close(memfd)
@@ -68,7 +75,7 @@ class AsyncChannel:
         """Send a message that needs no descriptor, if it can go at once; False
         when it cannot (too large to go inline, the buffer full, the peer gone,
         another send waiting): `send_bytes` then sends it, or reports why not."""
-        if self.closed or len(data) > wire.INLINE_MAX or self._send_lock.locked():
+        if self.closed or len(data) > wire.INLINE_MAX or self.waiting_sends:
             return False
         try:
             self._raw.send(data)
