@@ -339,13 +339,34 @@ def remove_tree(path, int attempts=200, double retry_s=0.005):
 def uuid4_at(bytes pool, Py_ssize_t pos):
     """A UUID4 string from the 16 random bytes of `pool` at `pos` (version and
     variant bits set): a request id without a syscall or 20 Python operations."""
-    cdef const unsigned char *b
+    if pos < 0 or pos + 16 > len(pool):
+        raise ValueError(f"16 bytes at {pos} do not fit in a pool of {len(pool)}")
+    return _uuid4(<const unsigned char *>pool + pos)
+
+
+cdef class RequestIds:
+    """UUID4 request ids from random bytes read 4 KB at a time (no syscall per call)."""
+
+    cdef bytes _pool
+    cdef Py_ssize_t _pos
+
+    def __cinit__(self):
+        self._pool = b""
+        self._pos = 0
+
+    cpdef str next(self):
+        cdef Py_ssize_t pos = self._pos
+        if pos + 16 > len(self._pool):
+            self._pool = os.urandom(4096)
+            pos = 0
+        self._pos = pos + 16
+        return _uuid4(<const unsigned char *>self._pool + pos)
+
+
+cdef str _uuid4(const unsigned char *b):
     cdef char out[36]
     cdef unsigned char c
     cdef int i, j = 0
-    if pos < 0 or pos + 16 > len(pool):
-        raise ValueError(f"16 bytes at {pos} do not fit in a pool of {len(pool)}")
-    b = <const unsigned char *>pool + pos
     for i in range(16):
         c = b[i]
         if i == 6:
@@ -359,6 +380,85 @@ def uuid4_at(bytes pool, Py_ssize_t pos):
         out[j + 1] = b"0123456789abcdef"[c & 15]
         j += 2
     return out[:36].decode("ascii")
+
+
+# --- invocation deadlines (fastfaas.runtime.policy's, per call) -----------------------
+
+cdef class Deadline:
+    """One invocation's deadline in a Deadlines heap; `finish()` it when the call ends."""
+
+    cdef readonly double at
+    cdef readonly object key
+    cdef readonly bint done
+    cdef Deadlines _owner
+
+    cpdef finish(self):
+        if not self.done:
+            self.done = True
+            self._owner._live -= 1
+
+
+cdef class Deadlines:
+    """Deadlines of invocations in flight: O(log n) to add, O(1) to finish.
+
+    Finished entries are dropped lazily, when they reach the top, and the
+    heap is rebuilt when they outnumber the live ones: otherwise a long
+    `timeout_s` under load would pile up millions of finished entries for
+    the watcher to pop at once. Heap items are (at, seq, entry) tuples, so
+    comparisons run in C.
+    """
+
+    cdef readonly list _heap
+    cdef Py_ssize_t _live
+    cdef long long _seq
+
+    def __cinit__(self):
+        self._heap = []
+        self._live = 0
+        self._seq = 0
+
+    def __len__(self):
+        return self._live
+
+    cpdef Deadline push(self, double at, object key):
+        cdef Deadline entry = Deadline.__new__(Deadline)
+        entry.at = at
+        entry.key = key
+        entry._owner = self
+        heap = self._heap
+        if len(heap) > 64 and len(heap) > 2 * self._live:
+            heap[:] = [item for item in heap if not (<Deadline>item[2]).done]
+            _heapify(heap)
+        _heappush(heap, (at, self._seq, entry))
+        self._seq += 1
+        self._live += 1
+        return entry
+
+    cdef void _drop_done(self) except *:
+        heap = self._heap
+        while heap and (<Deadline>heap[0][2]).done:
+            _heappop(heap)
+
+    def next_deadline(self):
+        """The earliest deadline of an unfinished invocation."""
+        self._drop_done()
+        return self._heap[0][0] if self._heap else None
+
+    def expired(self, double now):
+        """Keys of unfinished invocations whose deadline is <= now (finished)."""
+        cdef Deadline entry
+        out = []
+        self._drop_done()
+        while self._heap and self._heap[0][0] <= now:
+            entry = _heappop(self._heap)[2]
+            if not entry.done:
+                entry.finish()
+                out.append(entry.key)
+            self._drop_done()
+        return out
+
+
+from heapq import heapify as _heapify, heappop as _heappop, heappush as _heappush
 
 
 # --- HTTP/1.1 requests in their common form -----------------------------------------

@@ -7,8 +7,6 @@ their own, so they are tested under trio's autojump clock.
 from __future__ import annotations
 
 import collections
-import heapq
-import itertools
 import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -64,72 +62,10 @@ def pool_deficit(*, target: int, ready: int, forking: int) -> int:
     return max(0, target - ready - forking)
 
 
-class Deadline:
-    """One invocation's deadline in a Deadlines heap; `finish()` it when the call ends."""
-
-    __slots__ = ("_owner", "at", "done", "key")
-
-    def __init__(self, at: float, key: Any, owner: Deadlines) -> None:
-        self.at = at
-        self.key = key
-        self.done = False
-        self._owner = owner
-
-    def finish(self) -> None:
-        if not self.done:
-            self.done = True
-            self._owner._live -= 1
-
-
-class Deadlines:
-    """Deadlines of invocations in flight: O(log n) to add, O(1) to finish.
-
-    Finished entries are dropped lazily, when they reach the top, and the
-    heap is rebuilt when they outnumber the live ones: otherwise a long
-    `timeout_s` under load would pile up millions of finished entries for
-    the watcher to pop at once. Heap items are (at, seq, entry) tuples, so
-    comparisons run in C.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Deadline]] = []
-        self._seq = itertools.count()
-        self._live = 0
-
-    def __len__(self) -> int:
-        return self._live
-
-    def push(self, at: float, key: Any) -> Deadline:
-        entry = Deadline(at, key, self)
-        heap = self._heap
-        if len(heap) > 64 and len(heap) > 2 * self._live:
-            heap[:] = [item for item in heap if not item[2].done]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (at, next(self._seq), entry))
-        self._live += 1
-        return entry
-
-    def _drop_done(self) -> None:
-        heap = self._heap
-        while heap and heap[0][2].done:
-            heapq.heappop(heap)
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline of an unfinished invocation."""
-        self._drop_done()
-        return self._heap[0][0] if self._heap else None
-
-    def expired(self, now: float) -> list[Any]:
-        """Keys of unfinished invocations whose deadline is <= now (finished)."""
-        out = []
-        self._drop_done()
-        while self._heap and self._heap[0][0] <= now:
-            entry = heapq.heappop(self._heap)[2]
-            if not entry.done:
-                entry.finish()
-                out.append(entry.key)
-            self._drop_done()
-        return out
+# Deadlines of invocations in flight (O(log n) to add, O(1) to finish), compiled:
+# one is pushed and finished per call.
+Deadline = _native.Deadline
+Deadlines = _native.Deadlines
 
 
 class ConcurrencyLimits:

@@ -324,7 +324,7 @@ class Runtime:
         self._spawn_ids = itertools.count(1)
         self._instance_names = itertools.count(1)
         self._rid = uuid.uuid4().hex[:6]
-        self._request_ids = RequestIds()
+        self._request_ids = _native.RequestIds()
         self._pool: collections.deque[ZygoteHandle] = collections.deque()
         self._pool_forking = 0
         self._pool_lot = trio.lowlevel.ParkingLot()
@@ -2697,22 +2697,6 @@ class _Retry(Exception):
 class Invocation(NamedTuple):
     data: bytes  # the encoded wire.Invoke
     deadline: float  # trio clock
-
-
-class RequestIds:
-    """UUID4 request ids from random bytes read 4 KB at a time (no syscall per call)."""
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._pos = 0
-
-    def next(self) -> str:
-        pos = self._pos
-        if pos + 16 > len(self._pool):
-            self._pool = os.urandom(4096)
-            pos = 0
-        self._pos = pos + 16
-        return _native.uuid4_at(self._pool, pos)
 
 
 def _retired(fv: FunctionVersion) -> bool:

@@ -211,8 +211,6 @@ def test_stale_subtrees_of_dead_runtimes_are_removed_and_others_kept(tmp_path: P
 def test_request_ids_are_uuid4_strings_of_the_pools_bytes() -> None:
     import uuid
 
-    from fastfaas.runtime.runtime import RequestIds
-
     pool = bytes(range(256)) * 2
     for pos in (0, 16, 100, len(pool) - 16):
         got = uuid.UUID(_native.uuid4_at(pool, pos))
@@ -224,7 +222,7 @@ def test_request_ids_are_uuid4_strings_of_the_pools_bytes() -> None:
     for pos in (-1, len(pool) - 15):
         with pytest.raises(ValueError, match="do not fit"):
             _native.uuid4_at(pool, pos)
-    ids = RequestIds()
+    ids = _native.RequestIds()
     seen = [ids.next() for _ in range(600)]  # past one 4 KB pool of random bytes
     assert len(set(seen)) == 600
     assert all(str(uuid.UUID(s)) == s and uuid.UUID(s).version == 4 for s in seen)
