@@ -371,8 +371,9 @@ class Runtime:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if nofile != resource.RLIM_INFINITY:
             self._max_instances = max(16, (nofile - FDS_RESERVED) // FDS_PER_INSTANCE)
-        # The clock's own method: trio.current_time() goes through three calls.
-        self._now = trio.lowlevel.current_clock().current_time
+        # The clock read in C (or its own method): trio.current_time() goes through
+        # three Python calls, and this runs several times per call.
+        self._now = _native.clock_reader(trio.lowlevel.current_clock())
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         try:

@@ -266,3 +266,30 @@ def test_frequency_class_memory_is_bounded() -> None:
     for i in range(100_000):
         fc.note_call(i * 1e-5, in_flight=1)
     assert len(fc._calls) <= 40
+
+
+def test_the_clock_reader_reads_trios_own_clock_in_c() -> None:
+    """Under trio's SystemClock (a server's), `clock_reader` reads it without a
+    Python call, and gives what trio.current_time() gives at that moment."""
+
+    async def main() -> None:
+        clock = trio.lowlevel.current_clock()
+        now = n.clock_reader(clock)
+        assert isinstance(now, n.OffsetClock)
+        assert now.offset == clock.offset
+        for _ in range(1000):
+            before = trio.current_time()
+            read = now()
+            assert before <= read <= trio.current_time()
+
+    trio.run(main)
+
+
+async def test_the_clock_reader_leaves_another_clock_its_own_method(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    now = n.clock_reader(trio.lowlevel.current_clock())
+    assert not isinstance(now, n.OffsetClock)
+    start = now()
+    await trio.sleep(5)
+    assert now() == start + 5 == trio.current_time()
