@@ -11,7 +11,10 @@ from posix.types cimport pid_t
 
 from ff cimport *
 
+import math
 import os
+from collections import deque as _deque
+from heapq import heapify as _heapify, heappop as _heappop, heappush as _heappush
 
 cdef extern from "Python.h":
     void PyOS_BeforeFork()
@@ -487,7 +490,169 @@ cdef class Deadlines:
         return out
 
 
-from heapq import heapify as _heapify, heappop as _heappop, heappush as _heappush
+
+# --- per-call policy (fastfaas.runtime.policy's, compiled: each runs per call) -------
+
+cdef class ConcurrencyLimits:
+    """A server-wide concurrency limit with per-function reservations (sans-IO).
+
+    As on Lambda: a function with `reserved_concurrency` R has R executions
+    held for it, which the others cannot take, and R is also its cap; the
+    others share what is left (the limit minus every reservation). A
+    function's `max_concurrency` caps it further. Counts are per function
+    name, across its versions.
+    """
+
+    cdef readonly Py_ssize_t limit
+    cdef readonly Py_ssize_t unreserved  # executions the functions without a reservation share
+    cdef dict _reserved
+    cdef dict _in_flight
+    cdef Py_ssize_t _unreserved_in_use
+
+    def __init__(self, Py_ssize_t limit):
+        if limit < 1:
+            raise ValueError(f"the concurrency limit must be >= 1, not {limit}")
+        self.limit = limit
+        self._reserved = {}
+        self._in_flight = {}
+        self._unreserved_in_use = 0
+        self.unreserved = limit
+
+    @property
+    def reserved_total(self):
+        return self.limit - self.unreserved
+
+    def check_reservation(self, str name, reserved):
+        """Why `reserved` cannot be given to `name` (None: it can)."""
+        if not reserved:
+            return None
+        others = self.reserved_total - self._reserved.get(name, 0)
+        if others + reserved > self.limit:
+            return (f"reserved_concurrency {reserved} is more than what is left to reserve:"
+                    f" the server's limit is {self.limit} and {others} is reserved by other"
+                    " functions")
+        return None
+
+    def set_reservation(self, str name, reserved):
+        """Raises ValueError when the reservation does not fit (see check_reservation)."""
+        why = self.check_reservation(name, reserved)
+        if why is not None:
+            raise ValueError(why)
+        cdef Py_ssize_t in_flight = self._in_flight.get(name, 0)
+        was_reserved = name in self._reserved
+        if reserved:
+            self._reserved[name] = reserved
+        else:
+            self._reserved.pop(name, None)
+        now_reserved = name in self._reserved
+        self.unreserved = self.limit - sum(self._reserved.values())
+        if was_reserved != now_reserved:  # its calls in flight move between the pools
+            self._unreserved_in_use += -in_flight if now_reserved else in_flight
+
+    def forget(self, str name):
+        self.set_reservation(name, None)
+
+    cpdef object try_acquire(self, str name, object max_concurrency):
+        """Take one execution for `name`; the reason it is refused, or None."""
+        cdef Py_ssize_t in_flight = self._in_flight.get(name, 0)
+        if max_concurrency is not None and in_flight >= max_concurrency:
+            return f"function {name!r} is at its max_concurrency ({max_concurrency})"
+        reserved = self._reserved.get(name)
+        if reserved is not None:
+            if in_flight >= reserved:
+                return f"function {name!r} is at its reserved_concurrency ({reserved})"
+        elif self._unreserved_in_use >= self.unreserved:
+            return (f"the server is at its concurrency limit ({self.unreserved} executions for"
+                    " functions without a reservation)")
+        else:
+            self._unreserved_in_use += 1
+        self._in_flight[name] = in_flight + 1
+        return None
+
+    cpdef release(self, str name):
+        cdef Py_ssize_t in_flight = self._in_flight.get(name, 0) - 1
+        if in_flight < 0:
+            raise RuntimeError(f"release without acquire for {name!r}")
+        if in_flight:
+            self._in_flight[name] = in_flight
+        else:
+            del self._in_flight[name]
+        if name not in self._reserved:
+            self._unreserved_in_use -= 1
+
+    def in_flight(self, str name):
+        return self._in_flight.get(name, 0)
+
+    def statistics(self):
+        return {"limit": self.limit, "reserved": self.reserved_total,
+                "unreserved_in_use": self._unreserved_in_use,
+                "in_flight": sum(self._in_flight.values())}
+
+
+cdef class FrequencyClass:
+    """Is a function `frequent` or `infrequent`? From its recent rate and in-flight
+    count, with hysteresis (sans-IO).
+
+    It becomes frequent when its rate over `window_s` reaches `promote_per_s`,
+    or at once when `burst_in_flight` of its calls are in flight; it becomes
+    infrequent again only below `demote_per_s` with fewer calls in flight
+    than that, and not before a whole window has passed since it last changed
+    (or was created: the runtime creates a just-deployed function frequent, as
+    a call is likely soon). The times of recent calls are kept in a bounded
+    deque (the oldest go first under a flood).
+    """
+
+    cdef readonly double window_s, promote_per_s, demote_per_s
+    cdef readonly Py_ssize_t burst_in_flight
+    cdef public bint frequent
+    cdef double _since
+    cdef readonly object _calls
+
+    def __init__(self, double window_s=10.0, double promote_per_s=1.0,
+                 double demote_per_s=0.2, Py_ssize_t burst_in_flight=2, *,
+                 bint frequent=False, double since=-math.inf):
+        if not demote_per_s < promote_per_s:
+            raise ValueError("demote_per_s must be below promote_per_s")
+        self.window_s = window_s
+        self.promote_per_s = promote_per_s
+        self.demote_per_s = demote_per_s
+        self.burst_in_flight = burst_in_flight
+        self.frequent = frequent
+        self._since = since
+        self._calls = _deque(maxlen=max(8, math.ceil(4 * promote_per_s * window_s)))
+
+    cdef Py_ssize_t _count(self, double now) except -1:
+        """Calls in (now - window_s, now]."""
+        cdef double cutoff = now - self.window_s
+        times = self._calls
+        while times and <double>times[0] <= cutoff:
+            times.popleft()
+        return len(times)
+
+    def rate(self, double now):
+        return self._count(now) / self.window_s
+
+    cpdef bint note_call(self, double now, Py_ssize_t in_flight) except -1:
+        """A call arrives with `in_flight` calls of the function running (itself
+        included); returns whether the function is frequent now."""
+        self._calls.append(now)
+        return self.update(now, in_flight)
+
+    cpdef bint update(self, double now, Py_ssize_t in_flight) except -1:
+        cdef Py_ssize_t calls = self._count(now)
+        cdef double rate = calls / self.window_s
+        if not self.frequent:
+            # At least two calls: one call in a short window is no rate.
+            if (calls >= max(2.0, self.promote_per_s * self.window_s)
+                    or in_flight >= self.burst_in_flight):
+                self.frequent = True
+                self._since = now
+        elif (rate < self.demote_per_s and in_flight < self.burst_in_flight
+              and now - self._since >= self.window_s):
+            self.frequent = False
+            self._since = now
+        return self.frequent
+
 
 
 # --- HTTP/1.1 requests in their common form -----------------------------------------

@@ -68,94 +68,8 @@ Deadline = _native.Deadline
 Deadlines = _native.Deadlines
 
 
-class ConcurrencyLimits:
-    """A server-wide concurrency limit with per-function reservations (sans-IO).
-
-    As on Lambda: a function with `reserved_concurrency` R has R executions
-    held for it, which the others cannot take, and R is also its cap; the
-    others share what is left (the limit minus every reservation). A
-    function's `max_concurrency` caps it further. Counts are per function
-    name, across its versions.
-    """
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"the concurrency limit must be >= 1, not {limit}")
-        self.limit = limit
-        self._reserved: dict[str, int] = {}
-        self._in_flight: dict[str, int] = {}
-        self._unreserved_in_use = 0
-        self.unreserved = limit  # executions the functions without a reservation share
-
-    @property
-    def reserved_total(self) -> int:
-        return self.limit - self.unreserved
-
-    def check_reservation(self, name: str, reserved: int | None) -> str | None:
-        """Why `reserved` cannot be given to `name` (None: it can)."""
-        if not reserved:
-            return None
-        others = self.reserved_total - self._reserved.get(name, 0)
-        if others + reserved > self.limit:
-            return (f"reserved_concurrency {reserved} is more than what is left to reserve:"
-                    f" the server's limit is {self.limit} and {others} is reserved by other"
-                    " functions")
-        return None
-
-    def set_reservation(self, name: str, reserved: int | None) -> None:
-        """Raises ValueError when the reservation does not fit (see check_reservation)."""
-        why = self.check_reservation(name, reserved)
-        if why is not None:
-            raise ValueError(why)
-        in_flight = self._in_flight.get(name, 0)
-        was_reserved = name in self._reserved
-        if reserved:
-            self._reserved[name] = reserved
-        else:
-            self._reserved.pop(name, None)
-        now_reserved = name in self._reserved
-        self.unreserved = self.limit - sum(self._reserved.values())
-        if was_reserved != now_reserved:  # its calls in flight move between the pools
-            self._unreserved_in_use += -in_flight if now_reserved else in_flight
-
-    def forget(self, name: str) -> None:
-        self.set_reservation(name, None)
-
-    def try_acquire(self, name: str, max_concurrency: int | None) -> str | None:
-        """Take one execution for `name`; the reason it is refused, or None."""
-        in_flight = self._in_flight.get(name, 0)
-        if max_concurrency is not None and in_flight >= max_concurrency:
-            return f"function {name!r} is at its max_concurrency ({max_concurrency})"
-        reserved = self._reserved.get(name)
-        if reserved is not None:
-            if in_flight >= reserved:
-                return f"function {name!r} is at its reserved_concurrency ({reserved})"
-        elif self._unreserved_in_use >= self.unreserved:
-            return (f"the server is at its concurrency limit ({self.unreserved} executions for"
-                    " functions without a reservation)")
-        else:
-            self._unreserved_in_use += 1
-        self._in_flight[name] = in_flight + 1
-        return None
-
-    def release(self, name: str) -> None:
-        in_flight = self._in_flight.get(name, 0) - 1
-        if in_flight < 0:
-            raise RuntimeError(f"release without acquire for {name!r}")
-        if in_flight:
-            self._in_flight[name] = in_flight
-        else:
-            del self._in_flight[name]
-        if name not in self._reserved:
-            self._unreserved_in_use -= 1
-
-    def in_flight(self, name: str) -> int:
-        return self._in_flight.get(name, 0)
-
-    def statistics(self) -> dict[str, int]:
-        return {"limit": self.limit, "reserved": self.reserved_total,
-                "unreserved_in_use": self._unreserved_in_use,
-                "in_flight": sum(self._in_flight.values())}
+# The concurrency limits (taken and given back per call), compiled.
+ConcurrencyLimits = _native.ConcurrencyLimits
 
 
 class RecentEvents:
@@ -172,12 +86,10 @@ class RecentEvents:
     def note(self, now: float) -> None:
         self._times.append(now)
 
-    def count(self, now: float, event: float | None = None) -> int:
-        """Events in (now - window_s, now]; `event`: note one at that time first."""
+    def count(self, now: float) -> int:
+        """Events in (now - window_s, now]."""
         cutoff = now - self.window_s
         times = self._times
-        if event is not None:
-            times.append(event)
         while times and times[0] <= cutoff:
             times.popleft()
         return len(times)
@@ -250,55 +162,8 @@ class PoolSizer:
         return self.current
 
 
-class FrequencyClass:
-    """Is a function `frequent` or `infrequent`? From its recent rate and in-flight
-    count, with hysteresis (sans-IO).
-
-    It becomes frequent when its rate over `window_s` reaches `promote_per_s`,
-    or at once when `burst_in_flight` of its calls are in flight; it becomes
-    infrequent again only below `demote_per_s` with fewer calls in flight
-    than that, and not before a whole window has passed since it last changed
-    (or was created: the runtime creates a just-deployed function frequent, as
-    a call is likely soon).
-    """
-
-    def __init__(self, window_s: float = 10.0, promote_per_s: float = 1.0,
-                 demote_per_s: float = 0.2, burst_in_flight: int = 2, *,
-                 frequent: bool = False, since: float = -math.inf) -> None:
-        if not demote_per_s < promote_per_s:
-            raise ValueError("demote_per_s must be below promote_per_s")
-        self.window_s = window_s
-        self.promote_per_s = promote_per_s
-        self.demote_per_s = demote_per_s
-        self.burst_in_flight = burst_in_flight
-        self.frequent = frequent
-        self._since = since
-        self._calls = RecentEvents(window_s, max(8, math.ceil(4 * promote_per_s * window_s)))
-
-    def rate(self, now: float) -> float:
-        return self._calls.count(now) / self.window_s
-
-    def note_call(self, now: float, in_flight: int) -> bool:
-        """A call arrives with `in_flight` calls of the function running (itself
-        included); returns whether the function is frequent now."""
-        return self.update(now, in_flight, now)
-
-    def update(self, now: float, in_flight: int, call: float | None = None) -> bool:
-        """Whether the function is frequent now; `call`: note a call at that time
-        first (`note_call`, in one step: this runs per call)."""
-        calls = self._calls.count(now, call)
-        rate = calls / self.window_s
-        if not self.frequent:
-            # At least two calls: one call in a short window is no rate.
-            if (calls >= max(2, self.promote_per_s * self.window_s)
-                    or in_flight >= self.burst_in_flight):
-                self.frequent = True
-                self._since = now
-        elif (rate < self.demote_per_s and in_flight < self.burst_in_flight
-              and now - self._since >= self.window_s):
-            self.frequent = False
-            self._since = now
-        return self.frequent
+# A function's frequency class (noted per call), compiled.
+FrequencyClass = _native.FrequencyClass
 
 
 class Candidate(NamedTuple):
