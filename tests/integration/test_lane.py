@@ -121,3 +121,41 @@ async def test_a_cgroup_read_that_fails_at_the_end_is_a_500_and_leaves_nothing_c
         assert b"Bad file descriptor" in out.body
         assert settled(rt, "f") == (0, 0, 0, 0)
         assert rt.counters["lane_left"] == 1
+
+
+ALLOCATE = """
+def handler(event, context):
+    mb = event.get("allocate_mb", 0)
+    if mb:
+        block = b"x" * (mb << 20)  # written: every page in use
+        print("allocated", len(block) >> 20, "MB")
+    return {"ok": True}
+"""
+
+
+@pytest.mark.cgroups
+async def test_the_lane_measures_each_call_on_its_own_and_keeps_its_output(
+        tmp_path: Path, cgroups_mode: str, make_function: Callable[..., Path]) -> None:
+    """Calls finished in the lane, back to back on one instance: each call's memory
+    peak is its own (the peak is reset at the end of the call before, the next
+    call's cgroup begin being done there), and its output is in its log entry."""
+    async with fastfaas.Runtime(data_dir=tmp_path / "data", cgroups=cgroups_mode) as rt:
+        api = NativeApi(rt, Store(tmp_path / "registry.db"), lambda: None)
+        await rt.deploy("m", source=make_function(app=ALLOCATE), handler="app.handler",
+                        memory_mb=512)
+        assert (await rt.invoke("m", {})).ok  # a new instance: now warm
+        finished = rt.counters["lane_finished"]
+        big = Parsed(await finish(api.lane.start(invoke_request("m", b'{"allocate_mb": 64}'))))
+        small = Parsed(await finish(api.lane.start(invoke_request("m"))))
+        assert big.status == small.status == 200
+        assert big.headers[b"x-fastfaas-instance"] == small.headers[b"x-fastfaas-instance"]
+        assert rt.counters["lane_finished"] == finished + 2
+        assert rt.counters["lane_left"] == 0
+        big_usage, small_usage = rt.usage("m")[-2:]
+        assert big_usage.peak_bytes >= 64 << 20
+        assert small_usage.peak_bytes < big_usage.peak_bytes - (32 << 20)
+        big_log, small_log = rt.logs("m")[-2:]
+        assert big_log.request_id == big.headers[b"x-fastfaas-request-id"].decode()
+        assert b"allocated 64 MB" in big_log.log
+        assert b"allocated" not in small_log.log
+        assert settled(rt, "m") == (0, 0, 0, 0)
