@@ -18,9 +18,9 @@ timeout, an error result, leftover processes, a retired function or a
 one-off instance: `Runtime.FastCall` and the native API's `_FastInvoke` take
 the call over from there. The policy objects (concurrency limits,
 frequency, deadlines, the instance table, logs, metrics) are the runtime's
-own, called as on the Python path; what the runtime's methods do around them
-for such a call (`_take_idle`'s admission, `_answered` and `_call_done` at the
-end, `CgroupManager.end`) is done here in line, as each runs per call.
+own, called as on the Python path (the admission is `Runtime._take_idle`'s);
+what the runtime's methods do around them at such a call's end (`_answered`
+and `_call_done`, `CgroupManager.end`) is done here in line.
 """
 
 from libc.errno cimport errno
@@ -189,17 +189,16 @@ cdef class WarmLane:
         parse: `_native.parse_request`, and its limits `max_headers` and
             `fast_body_max` (the HTTP protocol's).
         metrics_buckets: the latency histograms' bounds (`metrics.BUCKETS`).
-        json_decode: `msgspec.json.decode` (an event must be JSON).
         call_end, peak_reset: `_native.call_end` and the cgroups' `PEAK_RESET`.
-        kind_spare, kind_warm, state_idle: the instance table's constants.
+        kind_warm, state_idle: the instance table's constants.
         receive_bytes: the most a connection's read takes (the HTTP server's).
         max_payload, inline_max, log_tail_max: wire's limits (`LOG_TAIL`: the
             most of a call's output kept in its log entry).
     """
 
     cdef object api, rt, limits, metrics, fast_invoke, decode_result
-    cdef object compare, stats, expected_auth, counters, parse, deadlines, json_decode
-    cdef object call_end, peak_reset, kind_spare, state_idle, kind_warm
+    cdef object compare, stats, expected_auth, counters, parse, deadlines
+    cdef object call_end, peak_reset, state_idle, kind_warm
     cdef double bounds[_BUCKETS_MAX]
     cdef Py_ssize_t nbounds
     cdef Py_ssize_t max_payload, inline_max, max_body, max_headers, fast_body_max
@@ -214,8 +213,8 @@ cdef class WarmLane:
         self.inbuf = NULL
 
     def __init__(self, api, *, fast_invoke, decode_result, compare,
-                 stats, parse, metrics_buckets, json_decode, call_end, peak_reset,
-                 kind_spare, kind_warm, state_idle, Py_ssize_t log_tail_max,
+                 stats, parse, metrics_buckets, call_end, peak_reset,
+                 kind_warm, state_idle, Py_ssize_t log_tail_max,
                  Py_ssize_t max_payload, Py_ssize_t inline_max,
                  Py_ssize_t receive_bytes,
                  Py_ssize_t max_headers, Py_ssize_t fast_body_max):
@@ -225,10 +224,8 @@ cdef class WarmLane:
         self.metrics = api.metrics
         self.counters = self.rt.counters
         self.deadlines = self.rt._deadlines
-        self.json_decode = json_decode
         self.call_end = call_end
         self.peak_reset = peak_reset
-        self.kind_spare = kind_spare
         self.kind_warm = kind_warm
         self.state_idle = state_idle
         buckets = metrics_buckets
@@ -323,30 +320,10 @@ cdef class WarmLane:
     cdef object _start(self, str name, object body, int64_t t0):
         """Runtime.invoke_nowait and _hand_over for a warm instance."""
         rt = self.rt
-        # Runtime._take_idle, in line: None, with no side effect, when the call needs
-        # more than an idle instance (invoke then does it all, and says why).
-        if not rt._open or rt._closing:
+        taken = rt._take_idle(name, body)
+        if taken is None:
             return None
-        fv = rt._functions.get(name)
-        if fv is None or ":" in name:
-            return None
-        payload = body
-        if PyBytes_GET_SIZE(payload) > self.max_payload:
-            return None
-        try:
-            self.json_decode(payload)
-        except ValueError:
-            return None
-        if self.limits.try_acquire(name, fv.config.max_concurrency) is not None:
-            return None
-        got = rt.table.acquire(fv.slot)
-        if got is None:
-            self.limits.release(name)
-            return None
-        inst = fv.instances[got[0]]
-        fv.in_flight += 1
-        rt._running += 1
-        start = "prewarmed" if got[1] == self.kind_spare else "warm"
+        fv, inst, start, payload = taken
         chan = inst.chan
         try:
             # Larger than a datagram (48 bytes of framing around the id and payload),
