@@ -448,7 +448,7 @@ cdef class LaneCall:
         rt = lane.rt
         cg = inst.cgroup
         if cg is not None:
-            try:  # CgroupManager.end, in line
+            try:  # CgroupManager.end, in line (the reply came inline: carry)
                 cg.next_base = -1  # until the reads have all succeeded
                 peak, cpu_ns, tasks, cg.next_base = lane.call_end(
                     cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd, self.cpu_base,

@@ -451,14 +451,20 @@ class Cgroups:
         return _native.call_begin(cg.peak_fd, PEAK_RESET[cg.oom_version], cg.cpu_fd,
                                   cg.cpu_version)
 
-    def end(self, cg: CgroupSet, cpu_base: int) -> tuple[int, int, int, int]:
+    def end(self, cg: CgroupSet, cpu_base: int, *,
+            carry: bool = True) -> tuple[int, int, int, int]:
         """(peak memory bytes, CPU ns since begin, tasks in the cgroup, ns the CPU quota
-        held it back since the last end or `mark_throttled`). With no leftovers, the
-        next call's `begin` is done here: the peak reset, the CPU counter kept."""
+        held it back since the last end or `mark_throttled`).
+
+        `carry`, and no leftovers: the next call's `begin` is done here, the peak
+        reset and the CPU counter kept. Only for a reply that came inline: what
+        the instance still frees after sending it (the reply, under 64 KB) stays
+        in its heap either way, while a larger reply's memfd could still be
+        charged to it here (its next call's `begin` then resets the peak)."""
         cg.next_base = -1  # until the reads below have all succeeded
         peak, cpu, pids, next_base = _native.call_end(
             cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd, cpu_base,
-            PEAK_RESET[cg.oom_version])
+            PEAK_RESET[cg.oom_version] if carry else None)
         cg.next_base = next_base
         return peak, cpu, pids, self.held(cg, cpu) if cg.quota_ns else 0
 
@@ -483,12 +489,15 @@ class Cgroups:
                 text = f.read()
         except OSError:
             return None
-        for line in text.splitlines():
-            key, _, value = line.partition(b" ")
-            if key == b"throttled_time":  # v1, ns
-                return int(value)
-            if key == b"throttled_usec":  # v2
-                return int(value) * 1000
+        try:
+            for line in text.splitlines():
+                key, _, value = line.partition(b" ")
+                if key == b"throttled_time":  # v1, ns
+                    return int(value)
+                if key == b"throttled_usec":  # v2
+                    return int(value) * 1000
+        except ValueError:  # not a number: as unreadable (the call's end must not fail)
+            return None
         return None
 
     def mark_throttled(self, cg: CgroupSet) -> None:

@@ -1917,7 +1917,9 @@ class Runtime:
             return died
         cg = inst.cgroup
         if cg is not None:
-            peak, cpu_ns, tasks, held_ns = ended or self.cgroups.end(cg, cpu_base)
+            # A reply over INLINE_MAX came as a memfd: the next call begins afresh.
+            peak, cpu_ns, tasks, held_ns = ended or self.cgroups.end(
+                cg, cpu_base, carry=got is not None and len(got[0]) <= wire.INLINE_MAX)
             if tasks > 1:
                 answer = result
 

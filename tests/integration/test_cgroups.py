@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import fastfaas
-from fastfaas import _native
+from fastfaas import _native, wire
 from fastfaas.errors import CgroupError
 from fastfaas.runtime.cgroups import CHILD_KERNEL_BYTES, JOIN_FILE, Cgroups, remove_tree
 from fastfaas.runtime.runtime import SPARES_MAX
@@ -79,6 +79,36 @@ async def test_usage_is_measured_per_invocation(runtime, make_function) -> None:
     assert big.usage.max_memory_bytes >= 64 * 1024 * 1024
     assert small.usage.max_memory_bytes < big.usage.max_memory_bytes  # reset between calls
     assert big.usage.cpu_us > small.usage.cpu_us > 0
+
+
+@pytest.mark.cgroups
+async def test_a_calls_end_begins_the_next_only_after_an_inline_reply(
+        runtime, make_function) -> None:
+    """After a reply that came inline, the next call's cgroup begin is done at the
+    end (the peak reset there, the CPU counter kept as its base); after one that
+    came as a memfd (over wire.INLINE_MAX), whose pages the instance may still
+    hold, the next call begins afresh, and is measured on its own either way."""
+    await runtime.deploy("reply", source=make_function(app=SIZED_REPLY),
+                         handler="app.handler", memory_mb=512)
+    first = await runtime.invoke("reply", {"kb": 1})
+    assert first.ok
+    [inst] = [i for i in runtime._functions["reply"].instances.values()
+              if i.instance_id == first.instance_id]
+    assert inst.cgroup.next_base >= 0
+    big = await runtime.invoke("reply", {"kb": 2 * wire.INLINE_MAX // 1024})
+    assert big.ok and len(big.payload) > wire.INLINE_MAX
+    assert inst.cgroup.next_base == -1
+    small = await runtime.invoke("reply", {"kb": 1})
+    assert small.ok and inst.cgroup.next_base >= 0
+    assert big.instance_id == small.instance_id == first.instance_id
+    assert big.start == small.start == "warm"
+    assert small.usage.cpu_us > 0
+
+
+SIZED_REPLY = """
+def handler(event, context):
+    return "x" * (event["kb"] * 1024)
+"""
 
 
 @pytest.mark.cgroups
