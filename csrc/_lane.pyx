@@ -18,9 +18,8 @@ timeout, an error result, leftover processes, a retired function or a
 one-off instance: `Runtime.FastCall` and the native API's `_FastInvoke` take
 the call over from there. The policy objects (concurrency limits,
 frequency, deadlines, the instance table, logs, metrics) are the runtime's
-own, called as on the Python path (the admission is `Runtime._take_idle`'s);
-what the runtime's methods do around them at such a call's end (`_answered`
-and `_call_done`, `CgroupManager.end`) is done here in line.
+own, called as on the Python path (`Runtime._take_idle` for the admission,
+`Runtime._warm_success` at the end).
 """
 
 from libc.errno cimport errno
@@ -189,20 +188,15 @@ cdef class WarmLane:
         parse: `_native.parse_request`, and its limits `max_headers` and
             `fast_body_max` (the HTTP protocol's).
         metrics_buckets: the latency histograms' bounds (`metrics.BUCKETS`).
-        call_end, peak_reset: `_native.call_end` and the cgroups' `PEAK_RESET`.
-        kind_warm, state_idle: the instance table's constants.
         receive_bytes: the most a connection's read takes (the HTTP server's).
-        max_payload, inline_max, log_tail_max: wire's limits (`LOG_TAIL`: the
-            most of a call's output kept in its log entry).
+        max_payload, inline_max: wire's limits.
     """
 
     cdef object api, rt, limits, metrics, fast_invoke, decode_result
     cdef object compare, stats, expected_auth, counters, parse, deadlines
-    cdef object call_end, peak_reset, state_idle, kind_warm
     cdef double bounds[_BUCKETS_MAX]
     cdef Py_ssize_t nbounds
     cdef Py_ssize_t max_payload, inline_max, max_body, max_headers, fast_body_max
-    cdef Py_ssize_t log_tail_max
     cdef char *buf
     cdef Py_ssize_t cap
     cdef char *inbuf
@@ -213,9 +207,7 @@ cdef class WarmLane:
         self.inbuf = NULL
 
     def __init__(self, api, *, fast_invoke, decode_result, compare,
-                 stats, parse, metrics_buckets, call_end, peak_reset,
-                 kind_warm, state_idle, Py_ssize_t log_tail_max,
-                 Py_ssize_t max_payload, Py_ssize_t inline_max,
+                 stats, parse, metrics_buckets, Py_ssize_t max_payload, Py_ssize_t inline_max,
                  Py_ssize_t receive_bytes,
                  Py_ssize_t max_headers, Py_ssize_t fast_body_max):
         self.api = api
@@ -224,10 +216,6 @@ cdef class WarmLane:
         self.metrics = api.metrics
         self.counters = self.rt.counters
         self.deadlines = self.rt._deadlines
-        self.call_end = call_end
-        self.peak_reset = peak_reset
-        self.kind_warm = kind_warm
-        self.state_idle = state_idle
         buckets = metrics_buckets
         if len(buckets) > _BUCKETS_MAX:
             raise ValueError(f"WarmLane takes at most {_BUCKETS_MAX} histogram buckets")
@@ -240,7 +228,6 @@ cdef class WarmLane:
         self.compare = compare
         self.stats = stats
         self.max_payload = max_payload
-        self.log_tail_max = log_tail_max
         self.inline_max = inline_max
         self.parse = parse
         self.max_body = api.max_body  # NativeApi.body_limit of POST /v1/functions/...
@@ -338,14 +325,7 @@ cdef class WarmLane:
             timeout = fv.config.timeout_s
             data = encode_invoke(request_id, payload, _mono_ns() / 1e9 + timeout)
             cg = inst.cgroup
-            if cg is None:
-                cpu_base = 0
-            else:  # CgroupManager.begin: the last call's end began this one, or not
-                cpu_base = cg.next_base
-                if cpu_base >= 0:
-                    cg.next_base = -1
-                else:
-                    cpu_base = rt.cgroups.begin(cg)
+            cpu_base = 0 if cg is None else rt.cgroups.begin(cg)
             self.counters["warm"] += 1  # rt._count_start(fv, "warm"): nothing more
             if ff_lane_send(chan.fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) < 0:
                 # Dead, or its buffer full: invoke's own path sends it (or retries).
@@ -448,12 +428,8 @@ cdef class LaneCall:
         rt = lane.rt
         cg = inst.cgroup
         if cg is not None:
-            try:  # CgroupManager.end, in line (the reply came inline: carry)
-                cg.next_base = -1  # until the reads have all succeeded
-                peak, cpu_ns, tasks, cg.next_base = lane.call_end(
-                    cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd, self.cpu_base,
-                    lane.peak_reset[cg.oom_version])
-                held_ns = rt.cgroups.held(cg, cpu_ns) if cg.quota_ns else 0
+            try:  # the reply came inline: the next call begins here (carry)
+                peak, cpu_ns, tasks, held_ns = rt.cgroups.end(cg, self.cpu_base)
             except Exception:  # a cgroup file that failed: the Python path reads it again,
                 return self._leave((data, []))  # and undoes the call's counts as it fails
             if tasks > 1:  # leftovers: the Python path kills them
@@ -463,7 +439,8 @@ cdef class LaneCall:
         self.entry.finish()
         name = self.name
         try:
-            self._succeeded(rt, fv, inst, result, peak, cpu_ns, held_ns)
+            rt._warm_success(fv, inst, self.request_id, result.duration_ns, peak, cpu_ns,
+                             held_ns, result.log_tail)
         finally:
             lane.limits.release(name)
         duration_us = result.duration_ns // 1000
@@ -473,34 +450,6 @@ cdef class LaneCall:
         lane.observe(name, server_ns / 1e9)
         return ok_response(self.request_id.encode(), inst.instance_id.encode(), duration_us,
                             server_ns // 1000, result.payload)
-
-    cdef void _succeeded(self, rt, fv, inst, result, peak, cpu_ns, held_ns) except *:
-        """A warm call's plain success, the instance idle again: what the runtime's
-        `_answered`, `_call_done` and `_done` do for it (its caller has checked what
-        they branch on: not retired, not dead, not one-off, no waiters, no
-        leftovers)."""
-        lane = self.lane
-        try:  # as FastCall.settle: what fails before the call is done undoes its count
-            now = rt._now()
-            inst.idle_since = now  # rt._set_idle(inst, spare=False, now=now)
-            inst.spare = False
-            rt.table.set_state(inst.table_id, lane.state_idle, lane.kind_warm, now)
-            if rt._changed is not None:
-                rt._notify()
-            fv.quick = result.duration_ns < rt.spin_ns
-            fv.quick_measured = True
-        except BaseException:
-            rt._call_done(fv, False)
-            raise
-        fv.in_flight -= 1  # rt._call_done(fv, False, now): not retired
-        rt._running -= 1
-        fv.last_used = now
-        log_tail = result.log_tail
-        rt._log_parts(fv, "warm", self.request_id, result.duration_ns // 1000, peak,
-                      cpu_ns // 1000, held_ns // 1000, None,
-                      log_tail[-lane.log_tail_max:] if log_tail else log_tail, 0)
-        if fv.auto_count >= rt.auto_size_after and fv.config.auto_size:
-            rt._auto_size(fv)
 
     cdef object _frame(self, ssize_t n, list fds, int flags):
         """Channel._frame's odd cases: a large message, descriptors, EOF."""

@@ -11,10 +11,7 @@ class WarmLane:
     def __init__(self, api: Any, *, fast_invoke: type, decode_result: Callable[[bytes], Any],
                  compare: Callable[[bytes, bytes], bool],
                  stats: Callable[[], Any], parse: Callable[..., Any],
-                 metrics_buckets: tuple[float, ...],
-                 call_end: Callable[..., tuple[int, int, int, int]],
-                 peak_reset: dict[int, bytes], kind_warm: int, state_idle: int,
-                 log_tail_max: int, max_payload: int, inline_max: int,
+                 metrics_buckets: tuple[float, ...], max_payload: int, inline_max: int,
                  receive_bytes: int, max_headers: int,
                  fast_body_max: int) -> None: ...
     def start(self, req: Any) -> Any: ...

@@ -46,7 +46,6 @@ from fastfaas.http.protocol import FAST_BODY_MAX, MAX_HEADERS, Request
 from fastfaas.http.server import JSON, RECEIVE_BYTES, Response, error_response
 from fastfaas.runtime import code as code_bundles
 from fastfaas.runtime import sizing
-from fastfaas.runtime.cgroups import PEAK_RESET
 from fastfaas.runtime.results import InvocationResult
 from fastfaas.runtime.runtime import LATEST, FastCall, Runtime
 from fastfaas.runtime.store import Store, StoredFunction
@@ -106,9 +105,7 @@ class NativeApi:
             self, fast_invoke=_FastInvoke, decode_result=wire.instance_out.decode,
             compare=hmac.compare_digest,
             stats=trio.lowlevel.current_statistics, parse=_native.parse_request,
-            metrics_buckets=BUCKETS, call_end=_native.call_end, peak_reset=PEAK_RESET,
-            kind_warm=_native.KIND_WARM, state_idle=_native.STATE_IDLE,
-            log_tail_max=wire.LOG_TAIL, max_payload=wire.MAX_PAYLOAD,
+            metrics_buckets=BUCKETS, max_payload=wire.MAX_PAYLOAD,
             inline_max=wire.INLINE_MAX, receive_bytes=RECEIVE_BYTES,
             max_headers=MAX_HEADERS, fast_body_max=FAST_BODY_MAX)
 

@@ -466,18 +466,12 @@ class Cgroups:
             cg.peak_fd, cg.cpu_fd, cg.cpu_version, cg.pids_fd, cpu_base,
             PEAK_RESET[cg.oom_version] if carry else None)
         cg.next_base = next_base
-        return peak, cpu, pids, self.held(cg, cpu) if cg.quota_ns else 0
-
-    def held(self, cg: CgroupSet, cpu_ns: int) -> int:
-        """Of a call that used `cpu_ns`: the ns the CPU quota held it back (since the
-        last end or `mark_throttled`), read only after a call that used more CPU
-        than one period's quota: a shorter one cannot have been held back."""
         held = 0
-        if cg.quota_ns and cpu_ns >= cg.quota_ns:
+        if cg.quota_ns and cpu >= cg.quota_ns:
             now = self.throttled(cg)
             if now is not None:
                 held, cg.throttled_base = max(0, now - cg.throttled_base), now
-        return held
+        return peak, cpu, pids, held
 
     def throttled(self, cg: CgroupSet) -> int | None:
         """The cgroup's throttled time so far (ns); None when it cannot be read now

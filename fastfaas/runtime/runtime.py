@@ -1007,6 +1007,35 @@ class Runtime:
         return Template(self.python, cwd="/", cpus=self.function_cpus,
                         batch=self.function_sched == "batch")
 
+    def _warm_success(self, fv: FunctionVersion, inst: InstanceHandle, request_id: str,
+                      duration_ns: int, peak: int, cpu_ns: int, held_ns: int,
+                      log_tail: bytes) -> None:
+        """The compiled lane's (fastfaas._lane) end of a warm call's plain success,
+        given in parts: what `_answered` (the instance idle again), `_call_done` and
+        `_done` do for it. Its caller has checked what they would branch on: not
+        retired, not dead, not one-off, no waiters, no leftovers."""
+        try:  # as FastCall.settle: what fails before the call is done undoes its count
+            now = self._now()
+            # _set_idle(inst, spare=False, now=now), in line (this runs per call)
+            inst.idle_since = now
+            inst.spare = False
+            self.table.set_state(inst.table_id, _native.STATE_IDLE, _native.KIND_WARM, now)
+            if self._changed is not None:
+                self._notify()
+            fv.quick = duration_ns < self.spin_ns
+            fv.quick_measured = True
+        except BaseException:
+            self._call_done(fv, False)
+            raise
+        # _call_done(fv, False, now), in line: not retired (the caller checked)
+        fv.in_flight -= 1
+        self._running -= 1
+        fv.last_used = now
+        self._log_parts(fv, "warm", request_id, duration_ns // 1000, peak, cpu_ns // 1000,
+                        held_ns // 1000, None, log_tail[-wire.LOG_TAIL:], 0)
+        if fv.config.auto_size and fv.auto_count >= self.auto_size_after:
+            self._auto_size(fv)
+
     def invoke_nowait(self, name: str, payload: bytes) -> FastCall | None:
         """Hand an event to an idle instance of `name` ($LATEST) without waiting:
         the HTTP front end's way of serving warm calls without a task per call.
